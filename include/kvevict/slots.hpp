@@ -1,0 +1,142 @@
+// kvevict — KV-cache eviction policies for LLM inference.
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+/// \file
+/// \brief Slot bookkeeping shared by the streaming policies: which slot holds which position,
+/// which slots are free, and the per-step eviction list. Allocates only in `start`.
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <vector>
+
+#include "error.hpp"
+#include "policy.hpp"
+#include "selection.hpp"
+
+namespace kvevict::detail {
+
+/// Checks a `StreamConfig` and returns the slot count: `capacity`, or `budget + 1` when 0.
+/// `needs_budget`: the policy keeps a fixed number of tokens.
+inline index_t check_stream_config(const StreamConfig& c, bool needs_budget) {
+  require(c.kv_heads >= 1, "kv_heads", "at least 1 KV head", c.kv_heads);
+  require(c.q_heads >= 1 && c.q_heads % c.kv_heads == 0, "q_heads",
+          cat("a positive multiple of kv_heads (", c.kv_heads, ")"), c.q_heads);
+  if (needs_budget) {
+    require(c.budget >= 1, "budget", "a token count >= 1", c.budget);
+    const index_t slots = c.capacity == 0 ? c.budget + 1 : c.capacity;
+    require(slots >= c.budget + 1, "capacity",
+            cat("at least budget + 1 (", c.budget + 1, ") slots"), c.capacity);
+    require(slots <= std::numeric_limits<token_t>::max(), "capacity", "fewer than 2^31 slots",
+            slots);
+    return slots;
+  }
+  require(c.budget == 0, "budget", "no budget (0) for a budget-free policy", c.budget);
+  require(c.capacity >= 2 && c.capacity <= std::numeric_limits<token_t>::max(), "capacity",
+          "2 <= capacity < 2^31 slots", c.capacity);
+  return c.capacity;
+}
+
+/// Which position each slot of each stored head holds (−1: free), and a free-slot stack per
+/// head. Fresh slots are handed out in ascending order; an evicted slot is the next one reused.
+class SlotTable {
+ public:
+  void start(index_t heads, index_t slots) {
+    heads_ = heads;
+    slots_ = slots;
+    position_.assign(static_cast<std::size_t>(heads * slots), -1);
+    free_.resize(static_cast<std::size_t>(heads * slots));
+    free_count_.assign(static_cast<std::size_t>(heads), slots);
+    last_.assign(static_cast<std::size_t>(heads), -1);
+    for (index_t h = 0; h < heads; ++h)
+      for (index_t i = 0; i < slots; ++i)
+        free_[static_cast<std::size_t>(h * slots + i)] = static_cast<token_t>(slots - 1 - i);
+  }
+
+  index_t heads() const noexcept { return heads_; }
+  index_t slots() const noexcept { return slots_; }
+  index_t size(index_t h) const noexcept {
+    return slots_ - free_count_[static_cast<std::size_t>(h)];
+  }
+  std::int64_t position(index_t h, index_t slot) const noexcept {
+    return position_[static_cast<std::size_t>(h * slots_ + slot)];
+  }
+  bool live(index_t h, index_t slot) const noexcept { return position(h, slot) >= 0; }
+  /// Positions of head h, indexed by slot (−1 for free slots).
+  std::span<const std::int64_t> positions(index_t h) const noexcept {
+    return {position_.data() + h * slots_, static_cast<std::size_t>(slots_)};
+  }
+
+  /// Takes a free slot of head h for `position`. Throws if none is free (the engine appended
+  /// twice without `observe`) or positions do not increase.
+  token_t take(index_t h, std::int64_t position) {
+    index_t& count = free_count_[static_cast<std::size_t>(h)];
+    if (count == 0)
+      fail("append", "a free slot (call observe after every append)", "all ", slots_,
+           " slots live");
+    std::int64_t& last = last_[static_cast<std::size_t>(h)];
+    if (position <= last)
+      fail("position", cat("a position after the previous one (", last, ")"), position);
+    last = position;
+    const token_t slot = free_[static_cast<std::size_t>(h * slots_ + --count)];
+    position_[static_cast<std::size_t>(h * slots_ + slot)] = position;
+    return slot;
+  }
+
+  /// Frees `slot` of head h.
+  void release(index_t h, token_t slot) noexcept {
+    position_[static_cast<std::size_t>(h * slots_ + slot)] = -1;
+    index_t& count = free_count_[static_cast<std::size_t>(h)];
+    free_[static_cast<std::size_t>(h * slots_ + count++)] = slot;
+  }
+
+ private:
+  index_t heads_ = 0, slots_ = 0;
+  std::vector<std::int64_t> position_;
+  std::vector<token_t> free_;
+  std::vector<index_t> free_count_;
+  std::vector<std::int64_t> last_;
+};
+
+/// The per-step eviction list a streaming policy returns, preallocated in `start`.
+class EvictionList {
+ public:
+  void start(index_t stored_heads, bool shared, index_t max_per_head) {
+    shared_ = shared;
+    offsets_.assign(static_cast<std::size_t>(stored_heads + 1), 0);
+    slots_.assign(static_cast<std::size_t>(stored_heads * max_per_head), 0);
+    count_ = 0;
+    head_ = 0;
+  }
+  /// Starts a new step.
+  void clear() noexcept {
+    count_ = 0;
+    head_ = 0;
+    std::fill(offsets_.begin(), offsets_.end(), 0);
+  }
+  /// Appends an eviction of `slot` for stored head h; heads must come in ascending order.
+  void push(index_t h, token_t slot) noexcept {
+    close_until(h);
+    slots_[static_cast<std::size_t>(count_++)] = slot;
+  }
+  /// The step's evictions.
+  Evictions view() noexcept {
+    close_until(static_cast<index_t>(offsets_.size()) - 1);
+    return {shared_, offsets_,
+            std::span<const token_t>(slots_.data(), static_cast<std::size_t>(count_))};
+  }
+
+ private:
+  void close_until(index_t h) noexcept {
+    while (head_ < h) offsets_[static_cast<std::size_t>(++head_)] = count_;
+  }
+
+  bool shared_ = true;
+  std::vector<index_t> offsets_;
+  std::vector<token_t> slots_;
+  index_t count_ = 0, head_ = 0;
+};
+
+}  // namespace kvevict::detail
