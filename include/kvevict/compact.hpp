@@ -1,0 +1,155 @@
+// kvevict — KV-cache eviction policies for LLM inference.
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+/// \file
+/// \brief `compact`: moves the kept tokens of every head to the front, in place.
+
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <vector>
+
+#include "error.hpp"
+#include "kv_cache.hpp"
+#include "selection.hpp"
+
+namespace kvevict {
+
+/// The result of a compaction: each head's new length and the original positions of the
+/// tokens it kept, in their new order (token i of head h came from position
+/// `kept_positions(h)[i]`), so an engine can keep RoPE positions or re-rotate keys to
+/// cache-relative positions with `rope_shift`.
+struct Compaction {
+  std::vector<index_t> lengths;         ///< New token count per KV head.
+  std::vector<index_t> offsets;         ///< CSR offsets into `positions`, kv_heads + 1.
+  std::vector<std::int64_t> positions;  ///< Original positions of the kept tokens, per head.
+
+  std::span<const std::int64_t> kept_positions(index_t head) const noexcept {
+    const auto h = static_cast<std::size_t>(head);
+    return {positions.data() + offsets[h], static_cast<std::size_t>(offsets[h + 1] - offsets[h])};
+  }
+};
+
+namespace detail {
+
+/// Copies `count` tokens of `width` elements from logical token `src` to `dst` (dst ≤ src) of
+/// one head, splitting at page boundaries; contiguous chunks move with one memmove.
+template <Element T>
+void move_tokens(const KVCache<T>& kv, Tensor which, index_t head, index_t dst, index_t src,
+                 index_t count, index_t width) {
+  const Storage<T>& s = which == Tensor::keys ? kv.key_storage() : kv.value_storage();
+  const bool contiguous = s.token_stride == width;
+  const index_t page = kv.paged() ? kv.page_table().page_size : count;
+  while (count > 0) {
+    index_t chunk = count;
+    if (kv.paged()) chunk = std::min({count, page - dst % page, page - src % page});
+    T* to = kv.span(which, head, dst).data();
+    const T* from = kv.span(which, head, src).data();
+    if (contiguous) {
+      std::memmove(to, from, static_cast<std::size_t>(chunk * width) * sizeof(T));
+    } else {  // distinct tokens of one head never overlap (validated by the view)
+      for (index_t i = 0; i < chunk; ++i)
+        std::memcpy(to + i * s.token_stride, from + i * s.token_stride,
+                    static_cast<std::size_t>(width) * sizeof(T));
+    }
+    dst += chunk;
+    src += chunk;
+    count -= chunk;
+  }
+}
+
+/// Moves `kept` (ascending) of one head to the front: runs of consecutive sources move
+/// together, and the unchanged prefix is not touched.
+template <Element T>
+void move_kept(const KVCache<T>& kv, Tensor which, index_t head, std::span<const token_t> kept,
+               index_t width) {
+  const auto n = static_cast<index_t>(kept.size());
+  index_t i = 0;
+  while (i < n && kept[static_cast<std::size_t>(i)] == i) ++i;
+  while (i < n) {
+    index_t j = i + 1;
+    while (j < n && kept[static_cast<std::size_t>(j)] == kept[static_cast<std::size_t>(j - 1)] + 1)
+      ++j;
+    move_tokens(kv, which, head, i, kept[static_cast<std::size_t>(i)], j - i, width);
+    i = j;
+  }
+}
+
+}  // namespace detail
+
+/// Moves the kept tokens of each KV head to the front of that head, in place: after the call,
+/// token i of head h holds what token `sel.kept(h)[i]` held, bit for bit, for keys and values.
+///
+/// Stable and exact for every layout (dense, strided, paged). Only the spans of tokens
+/// 0 … length − 1 of each head are written; memory beyond the new length, padding and other
+/// heads' spans are untouched. A paged cache never writes its `read_only_pages` (shared prefix
+/// pages): a selection that would is rejected before anything is written.
+///
+/// Complexity O(kept · head_dim) copies, as memmoves of maximal runs (a shared selection over
+/// NHD rows with adjacent heads moves whole token rows). Allocation: only `out`'s vectors, which
+/// keep their capacity when `out` is reused. Throws `kvevict::error` for a selection that does
+/// not match the view (heads, token count, order, range).
+template <Element T>
+void compact(const KVCache<T>& kv, const Selection& sel, Compaction& out) {
+  sel.validate();
+  if (sel.kv_heads() != kv.kv_heads())
+    detail::fail("selection", detail::cat("a selection for kv_heads (", kv.kv_heads(), ")"),
+                 sel.kv_heads(), " heads");
+  if (sel.tokens() != kv.tokens())
+    detail::fail("selection", detail::cat("a selection made for tokens (", kv.tokens(), ")"),
+                 sel.tokens(), " tokens");
+  const index_t heads = kv.kv_heads();
+  if (kv.paged() && kv.page_table().read_only_pages > 0) {
+    const index_t first_writable = kv.page_table().read_only_pages * kv.page_table().page_size;
+    for (index_t h = 0; h < sel.stored_heads(); ++h) {
+      const auto k = sel.kept(h);
+      for (std::size_t i = 0; i < k.size() && static_cast<index_t>(i) < first_writable; ++i)
+        if (k[i] != static_cast<token_t>(i))
+          detail::fail("selection",
+                       detail::cat("no write into the read-only pages (the first ",
+                                   kv.page_table().read_only_pages, ")"),
+                       "head ", h, " would overwrite token ", i);
+    }
+  }
+
+  // A shared selection over rows where the heads of one token are adjacent (NHD) moves whole
+  // rows: one memmove per run instead of one per head.
+  const Storage<T>& ks = kv.key_storage();
+  const Storage<T>& vs = kv.value_storage();
+  const bool rows = sel.shared() && heads > 1 && ks.head_stride == kv.head_dim() &&
+                    vs.head_stride == kv.head_dim_v();
+  if (rows) {
+    detail::move_kept(kv, Tensor::keys, 0, sel.kept(0), heads * kv.head_dim());
+    detail::move_kept(kv, Tensor::values, 0, sel.kept(0), heads * kv.head_dim_v());
+  } else {
+    for (index_t h = 0; h < heads; ++h) {
+      detail::move_kept(kv, Tensor::keys, h, sel.kept(h), kv.head_dim());
+      detail::move_kept(kv, Tensor::values, h, sel.kept(h), kv.head_dim_v());
+    }
+  }
+
+  out.lengths.resize(static_cast<std::size_t>(heads));
+  out.offsets.resize(static_cast<std::size_t>(heads + 1));
+  out.offsets[0] = 0;
+  for (index_t h = 0; h < heads; ++h) {
+    out.lengths[static_cast<std::size_t>(h)] = sel.size(h);
+    out.offsets[static_cast<std::size_t>(h + 1)] =
+        out.offsets[static_cast<std::size_t>(h)] + sel.size(h);
+  }
+  out.positions.resize(static_cast<std::size_t>(out.offsets.back()));
+  for (index_t h = 0; h < heads; ++h) {
+    std::int64_t* p = out.positions.data() + out.offsets[static_cast<std::size_t>(h)];
+    for (token_t t : sel.kept(h)) *p++ = kv.position(t);
+  }
+}
+
+/// `compact` returning a fresh `Compaction` (allocates it).
+template <Element T>
+Compaction compact(const KVCache<T>& kv, const Selection& sel) {
+  Compaction out;
+  compact(kv, sel, out);
+  return out;
+}
+
+}  // namespace kvevict

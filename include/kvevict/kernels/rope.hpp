@@ -1,0 +1,139 @@
+// kvevict — KV-cache eviction policies for LLM inference.
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+/// \file
+/// \brief `rope_shift`: re-rotates stored keys by a position delta, for engines that keep keys at
+/// cache-relative positions (StreamingLLM's and Cascade's RoPE handling).
+///
+/// RoPE rotates each pair of key coordinates by `position · θ_k`, θ_k = base^(−2k / rotary_dim)
+/// (Su et al., arXiv 2104.09864, eq. 34). A key stored at position p becomes the key at position
+/// p + δ by one more rotation of `δ · θ_k`, since rotations compose. Two pairings exist:
+/// `neox` (GPT-NeoX / Llama in HF: coordinate k with k + rotary_dim/2) and `gptj` (GPT-J /
+/// llama.cpp's original: 2k with 2k + 1). Coordinates at or beyond `rotary_dim` are not rotated
+/// (partial rotary, e.g. GPT-NeoX, Phi).
+
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "../compact.hpp"
+#include "../element.hpp"
+#include "../error.hpp"
+#include "../kv_cache.hpp"
+
+namespace kvevict {
+
+/// How a model applied RoPE to its keys.
+enum class RopeStyle {
+  neox,  ///< Pairs (k, k + rotary_dim / 2): HF Llama, Mistral, Qwen, GPT-NeoX.
+  gptj,  ///< Pairs (2k, 2k + 1): GPT-J, llama.cpp `LLAMA_ROPE_TYPE_NORM`.
+};
+
+/// RoPE parameters of the model whose keys are shifted.
+struct Rope {
+  double base = 10000.0;  ///< θ base (Llama 2: 1e4; Llama 3: 5e5).
+  RopeStyle style = RopeStyle::neox;
+  index_t rotary_dim = 0;  ///< Rotated coordinates; 0 means all of head_dim.
+};
+
+namespace detail {
+
+inline index_t check_rope(const Rope& rope, index_t head_dim) {
+  require(std::isfinite(rope.base) && rope.base > 1.0, "rope.base", "a finite base > 1", rope.base);
+  const index_t rd = rope.rotary_dim == 0 ? head_dim : rope.rotary_dim;
+  if (rd < 2 || rd > head_dim || rd % 2 != 0)
+    fail("rope.rotary_dim", cat("an even count in [2, head_dim = ", head_dim, "] (or 0)"),
+         rope.rotary_dim);
+  return rd;
+}
+
+/// Rotates the keys of tokens [0, deltas.size()) of one head, token t by deltas[t] positions.
+/// cos/sin are recomputed only when the delta changes (runs of equal deltas are common).
+template <Element T>
+void shift_head(const KVCache<T>& kv, index_t head, std::span<const std::int64_t> deltas,
+                const Rope& rope, index_t rd, std::vector<double>& freq, std::vector<double>& cs) {
+  const index_t half = rd / 2;
+  std::int64_t current = 0;
+  bool have = false;
+  for (std::size_t t = 0; t < deltas.size(); ++t) {
+    const std::int64_t delta = deltas[t];
+    if (delta == 0) continue;
+    if (!have || delta != current) {
+      for (index_t k = 0; k < half; ++k) {
+        const double angle = static_cast<double>(delta) * freq[static_cast<std::size_t>(k)];
+        cs[static_cast<std::size_t>(2 * k)] = std::cos(angle);
+        cs[static_cast<std::size_t>(2 * k + 1)] = std::sin(angle);
+      }
+      current = delta;
+      have = true;
+    }
+    T* x = kv.key(head, static_cast<index_t>(t)).data();
+    for (index_t k = 0; k < half; ++k) {
+      const index_t a = rope.style == RopeStyle::neox ? k : 2 * k;
+      const index_t b = rope.style == RopeStyle::neox ? k + half : 2 * k + 1;
+      const double c = cs[static_cast<std::size_t>(2 * k)],
+                   s = cs[static_cast<std::size_t>(2 * k + 1)];
+      const double xa = to_float(x[a]), xb = to_float(x[b]);
+      x[a] = from_float<T>(static_cast<float>(xa * c - xb * s));
+      x[b] = from_float<T>(static_cast<float>(xa * s + xb * c));
+    }
+  }
+}
+
+inline void rope_frequencies(const Rope& rope, index_t rd, std::vector<double>& freq) {
+  freq.resize(static_cast<std::size_t>(rd / 2));
+  for (index_t k = 0; k < rd / 2; ++k)
+    freq[static_cast<std::size_t>(k)] =
+        std::pow(rope.base, -2.0 * static_cast<double>(k) / static_cast<double>(rd));
+}
+
+}  // namespace detail
+
+/// Rotates the keys of tokens [0, deltas.size()) of every head by `deltas[t]` positions
+/// (negative moves a key back). Values are not touched. Angles in double, so a shift by +a then
+/// −a returns fp32 keys to within ~1e-7 relative.
+///
+/// Complexity O(heads · tokens · rotary_dim), one cos/sin table per distinct consecutive delta.
+/// Allocates two vectors of rotary_dim doubles.
+template <Element T>
+void rope_shift(const KVCache<T>& kv, std::span<const std::int64_t> deltas, const Rope& rope) {
+  const index_t rd = detail::check_rope(rope, kv.head_dim());
+  if (static_cast<index_t>(deltas.size()) > kv.tokens())
+    detail::fail("deltas", detail::cat("at most one delta per token (", kv.tokens(), ")"),
+                 deltas.size());
+  std::vector<double> freq, cs(static_cast<std::size_t>(rd));
+  detail::rope_frequencies(rope, rd, freq);
+  for (index_t h = 0; h < kv.kv_heads(); ++h) detail::shift_head(kv, h, deltas, rope, rd, freq, cs);
+}
+
+/// Rotates every key of the view by the same `delta` positions.
+template <Element T>
+void rope_shift(const KVCache<T>& kv, std::int64_t delta, const Rope& rope) {
+  const std::vector<std::int64_t> deltas(static_cast<std::size_t>(kv.tokens()), delta);
+  rope_shift(kv, std::span<const std::int64_t>(deltas), rope);
+}
+
+/// After `compact`, moves each kept key from its original position to its cache-relative
+/// position (token i of head h to position i), as StreamingLLM and Cascade do. `kv` is the
+/// compacted view; `c` the compaction's result.
+template <Element T>
+void rope_shift(const KVCache<T>& kv, const Compaction& c, const Rope& rope) {
+  const index_t rd = detail::check_rope(rope, kv.head_dim());
+  if (static_cast<index_t>(c.lengths.size()) != kv.kv_heads())
+    detail::fail("compaction", detail::cat("lengths for kv_heads (", kv.kv_heads(), ")"),
+                 c.lengths.size());
+  std::vector<double> freq, cs(static_cast<std::size_t>(rd));
+  detail::rope_frequencies(rope, rd, freq);
+  std::vector<std::int64_t> deltas;
+  for (index_t h = 0; h < kv.kv_heads(); ++h) {
+    const auto from = c.kept_positions(h);
+    deltas.resize(from.size());
+    for (std::size_t i = 0; i < from.size(); ++i)
+      deltas[i] = static_cast<std::int64_t>(i) - from[i];
+    detail::shift_head(kv, h, deltas, rope, rd, freq, cs);
+  }
+}
+
+}  // namespace kvevict
