@@ -1,0 +1,187 @@
+// compact(): bit-exact against a naive copy for random selections, on every layout and dtype.
+// SPDX-License-Identifier: Apache-2.0
+#include "support.hpp"
+
+namespace kvevict::test {
+namespace {
+
+/// A random selection: per head (or shared), each token kept with probability `keep`.
+inline Selection random_selection(index_t heads, index_t tokens, bool shared, double keep,
+                                  std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::bernoulli_distribution coin(keep);
+  Selection sel;
+  sel.reset(heads, tokens, shared);
+  std::vector<token_t> kept;
+  for (index_t h = 0; h < sel.stored_heads(); ++h) {
+    kept.clear();
+    for (index_t t = 0; t < tokens; ++t)
+      if (coin(rng)) kept.push_back(static_cast<token_t>(t));
+    auto out = sel.add_head(static_cast<index_t>(kept.size()));
+    std::copy(kept.begin(), kept.end(), out.begin());
+  }
+  return sel;
+}
+
+template <class T>
+class Compact : public ::testing::Test {};
+using ElementTypes = ::testing::Types<float, Eigen::half, Eigen::bfloat16>;
+TYPED_TEST_SUITE(Compact, ElementTypes);
+
+// After compact, token i of head h holds what kept(h)[i] held, bit for bit; every other element
+// of the memory (evicted tails, padding, spare pages) is untouched.
+TYPED_TEST(Compact, BitExactOnEveryLayout) {
+  using T = TypeParam;
+  for (Layout layout : all_layouts)
+    for (bool shared : {false, true})
+      for (double keep : {0.0, 0.3, 0.5, 0.9, 1.0})
+        for (std::uint64_t seed : {1u, 2u, 3u}) {
+          SCOPED_TRACE(::testing::Message() << layout_name(layout) << " shared=" << shared
+                                            << " keep=" << keep << " seed=" << seed);
+          auto c = make_cache<T>(layout, 3, 23, 8, 8, seed, /*page=*/4);
+          KVCache<T>& kv = c.kv();
+          const auto before = snapshot(kv);
+          const auto kmem = c.kmem, vmem = c.vmem;
+          const Selection sel = random_selection(3, 23, shared, keep, seed * 7 + 1);
+
+          const Compaction result = compact(kv, sel);
+
+          // Expected: the naive copy.
+          const index_t row = 2 * 8;  // K then V per (h, t) in the snapshot
+          std::vector<bool> kwritten(c.kmem.size()), vwritten(c.vmem.size());
+          for (index_t h = 0; h < 3; ++h) {
+            ASSERT_EQ(result.lengths[static_cast<std::size_t>(h)], sel.size(h));
+            const auto kept = sel.kept(h);
+            for (std::size_t i = 0; i < kept.size(); ++i) {
+              const auto src = static_cast<std::size_t>((h * 23 + kept[i]) * row);
+              const auto key = kv.key(h, static_cast<index_t>(i));
+              const auto value = kv.value(h, static_cast<index_t>(i));
+              for (std::size_t e = 0; e < 8; ++e) {
+                ASSERT_EQ(bits(key[e]), before[src + e]) << "head " << h << " token " << i;
+                ASSERT_EQ(bits(value[e]), before[src + 8 + e]) << "head " << h << " token " << i;
+              }
+              EXPECT_EQ(result.kept_positions(h)[i], kept[i]);
+              for (std::size_t e = 0; e < 8; ++e) {
+                kwritten[static_cast<std::size_t>(&key[e] - c.kmem.data())] = true;
+                if (layout == Layout::vllm_blocks)
+                  kwritten[static_cast<std::size_t>(&value[e] - c.kmem.data())] = true;
+                else
+                  vwritten[static_cast<std::size_t>(&value[e] - c.vmem.data())] = true;
+              }
+            }
+          }
+          for (std::size_t i = 0; i < kmem.size(); ++i) {
+            if (!kwritten[i]) {
+              ASSERT_EQ(bits(c.kmem[i]), bits(kmem[i])) << "key memory " << i;
+            }
+          }
+          for (std::size_t i = 0; i < vmem.size(); ++i) {
+            if (!vwritten[i]) {
+              ASSERT_EQ(bits(c.vmem[i]), bits(vmem[i])) << "value memory " << i;
+            }
+          }
+        }
+}
+
+TEST(Compact, KeepAllIsANoOpBitForBit) {
+  for (Layout layout : all_layouts) {
+    auto c = make_cache<Eigen::half>(layout, 2, 17, 8, 8, 5);
+    const auto kmem = c.kmem, vmem = c.vmem;
+    const Compaction result = compact(c.kv(), Selection::all(2, 17, false));
+    EXPECT_EQ(result.lengths, (std::vector<index_t>{17, 17}));
+    for (std::size_t i = 0; i < kmem.size(); ++i) ASSERT_EQ(bits(c.kmem[i]), bits(kmem[i]));
+    for (std::size_t i = 0; i < vmem.size(); ++i) ASSERT_EQ(bits(c.vmem[i]), bits(vmem[i]));
+  }
+}
+
+TEST(Compact, ReturnsOriginalPositionsThroughTheView) {
+  auto c = make_cache<float>(Layout::hnd, 1, 5, 2, 2, 1);
+  const std::vector<std::int64_t> pos{3, 8, 9, 20, 21};
+  const auto kv = c.kv().with_positions(pos);
+  Selection sel;
+  sel.reset(1, 5, true);
+  auto k = sel.add_head(3);
+  k[0] = 0;
+  k[1] = 2;
+  k[2] = 4;
+  const Compaction r = compact(kv, sel);
+  const auto kept = r.kept_positions(0);
+  EXPECT_EQ(std::vector<std::int64_t>(kept.begin(), kept.end()),
+            (std::vector<std::int64_t>{3, 9, 21}));
+}
+
+TEST(Compact, ReadOnlyPrefixPagesAreNeverWritten) {
+  std::vector<float> k(6 * 4 * 2), v(6 * 4 * 2);
+  const std::vector<std::int32_t> pages{4, 1, 5};
+  const KVCache<float> kv(Storage<float>::paged_hnd(k.data(), 4, 1, 2),
+                          Storage<float>::paged_hnd(v.data(), 4, 1, 2), {1, 12, 2},
+                          {pages, 4, 6, /*read_only_pages=*/1});
+  // Keeping the whole shared page and dropping later tokens writes only page 1 and 5: fine.
+  Selection ok;
+  ok.reset(1, 12, true);
+  auto a = ok.add_head(6);
+  for (int i = 0; i < 4; ++i) a[static_cast<std::size_t>(i)] = i;
+  a[4] = 7;
+  a[5] = 11;
+  EXPECT_NO_THROW(compact(kv, ok));
+  // Dropping token 2 would rewrite token 2 and 3 inside the shared page: rejected, nothing written.
+  const auto k_before = k;
+  Selection bad;
+  bad.reset(1, 12, true);
+  auto b = bad.add_head(3);
+  b[0] = 0;
+  b[1] = 1;
+  b[2] = 3;
+  expect_error([&] { compact(kv, bad); },
+               "selection: expected no write into the read-only pages (the first 1), got head 0 "
+               "would overwrite token 2");
+  EXPECT_EQ(k, k_before);
+}
+
+TEST(Compact, RejectsSelectionsThatDoNotMatch) {
+  auto c = make_cache<float>(Layout::nhd, 2, 6, 2, 2, 1);
+  expect_error([&] { compact(c.kv(), Selection::all(3, 6)); },
+               "selection: expected a selection for kv_heads (2), got 3 heads");
+  expect_error([&] { compact(c.kv(), Selection::all(2, 5)); },
+               "selection: expected a selection made for tokens (6), got 5 tokens");
+  Selection unsorted;
+  unsorted.reset(2, 6, true);
+  auto u = unsorted.add_head(2);
+  u[0] = 3;
+  u[1] = 1;
+  expect_error([&] { compact(c.kv(), unsorted); },
+               "selection: expected ascending unique indices per head, got head 0 index 1 after 3");
+  Selection out_of_range;
+  out_of_range.reset(2, 6, true);
+  out_of_range.add_head(1)[0] = 6;
+  expect_error([&] { compact(c.kv(), out_of_range); },
+               "selection: expected token indices in [0, 6), got head 0 index 6");
+  Selection incomplete;
+  incomplete.reset(2, 6, false);
+  incomplete.add_head(1)[0] = 0;
+  expect_error([&] { compact(c.kv(), incomplete); }, "selection: expected 2 heads filled, got 1");
+}
+
+TEST(Selection, MaskAndEvictedRanges) {
+  Selection sel;
+  sel.reset(2, 10, false);
+  auto a = sel.add_head(4);
+  a[0] = 0;
+  a[1] = 1;
+  a[2] = 5;
+  a[3] = 9;
+  auto b = sel.add_head(2);
+  b[0] = 3;
+  b[1] = 4;
+  std::vector<std::uint8_t> mask(10);
+  sel.to_mask(0, mask);
+  EXPECT_EQ(mask, (std::vector<std::uint8_t>{1, 1, 0, 0, 0, 1, 0, 0, 0, 1}));
+  EXPECT_EQ(sel.evicted_ranges(0), (std::vector<TokenRange>{{2, 5}, {6, 9}}));
+  EXPECT_EQ(sel.evicted_ranges(1), (std::vector<TokenRange>{{0, 3}, {5, 10}}));
+  EXPECT_EQ(sel.max_size(), 4);
+  std::vector<std::uint8_t> wrong(9);
+  expect_error([&] { sel.to_mask(0, wrong); }, "mask: expected one entry per token (10), got 9");
+}
+
+}  // namespace
+}  // namespace kvevict::test
