@@ -156,5 +156,115 @@ TEST(StreamingLLM, StreamingContractErrors) {
                "live");
 }
 
+// ---- softmax and the query path of streaming policies -------------------------------------------
+
+TEST(Softmax, StableMaskedAndEmptyRows) {
+  std::vector<float> x{0.0f, std::log(3.0f), -std::numeric_limits<float>::infinity()};
+  ASSERT_TRUE(softmax_inplace(x));
+  EXPECT_FLOAT_EQ(x[0], 0.25f);
+  EXPECT_FLOAT_EQ(x[1], 0.75f);
+  EXPECT_EQ(x[2], 0.0f);
+  std::vector<float> big{1000.0f, 1000.0f};  // would overflow without the max subtraction
+  ASSERT_TRUE(softmax_inplace(big));
+  EXPECT_FLOAT_EQ(big[0], 0.5f);
+  std::vector<float> none(3, -std::numeric_limits<float>::infinity());
+  ASSERT_TRUE(softmax_inplace(none));
+  EXPECT_EQ(none, std::vector<float>(3, 0.0f));
+  std::vector<float> bad{1.0f, std::nanf("")};
+  EXPECT_FALSE(softmax_inplace(bad));
+  std::vector<float> inf{1.0f, std::numeric_limits<float>::infinity()};
+  EXPECT_FALSE(softmax_inplace(inf));
+}
+
+/// A streaming policy that keeps everything and records the rows it is given.
+struct RecordRows {
+  static constexpr std::string_view name = "record_rows";
+  detail::SlotTable table;
+  detail::EvictionList none;
+  std::vector<token_t> slot_per_head;
+  std::vector<float> last;
+  void start(const StreamConfig& c) {
+    table.start(c.kv_heads, c.capacity);
+    none.start(c.kv_heads, false, 1);
+    slot_per_head.resize(static_cast<std::size_t>(c.kv_heads));
+  }
+  std::span<const token_t> append(std::int64_t pos) {
+    for (index_t h = 0; h < table.heads(); ++h)
+      slot_per_head[static_cast<std::size_t>(h)] = table.take(h, pos);
+    return slot_per_head;
+  }
+  Evictions observe(const AttentionRows& rows) {
+    last.assign(rows.data, rows.data + rows.q_heads * rows.head_stride);
+    none.clear();
+    return none.view();
+  }
+  index_t slots() const { return table.slots(); }
+  index_t size(index_t h) const { return table.size(h); }
+  std::int64_t position(index_t h, index_t s) const { return table.position(h, s); }
+};
+static_assert(StreamingPolicy<RecordRows, float>);
+
+TEST(ObserveQuery, SoftmaxOverLiveSlotsPerGroup) {
+  // 1 KV head, 2 query heads, head_dim 2, 3 slots of which 2 are live.
+  std::vector<float> k{1, 0, 0, 1, 5, 5}, v(6);
+  const KVCache<float> kv(Storage<float>::hnd(k.data(), 3, 2), Storage<float>::hnd(v.data(), 3, 2),
+                          {1, 3, 2});
+  RecordRows policy;
+  policy.start({.kv_heads = 1, .q_heads = 2, .capacity = 3});
+  policy.append(0);
+  policy.append(1);  // slots 0 and 1 live; slot 2 (key [5, 5]) is free and must be ignored
+  const float s = std::sqrt(2.0f);
+  std::vector<float> q{s * std::log(3.0f), 0.0f, 0.0f, 0.0f};  // head 0 prefers slot 0 3:1
+  Workspace ws;
+  observe_query(policy, kv, QueryWindow<float>(q.data(), 2, 1, 2), ws);
+  ASSERT_EQ(policy.last.size(), 6u);
+  EXPECT_FLOAT_EQ(policy.last[0], 0.75f);
+  EXPECT_FLOAT_EQ(policy.last[1], 0.25f);
+  EXPECT_EQ(policy.last[2], 0.0f);
+  EXPECT_FLOAT_EQ(policy.last[3], 0.5f);  // head 1: zero query, uniform over the live slots
+  EXPECT_FLOAT_EQ(policy.last[4], 0.5f);
+  EXPECT_EQ(policy.last[5], 0.0f);
+
+  std::vector<float> nan_q{std::nanf(""), 0, 0, 0};
+  expect_error([&] { observe_query(policy, kv, QueryWindow<float>(nan_q.data(), 2, 1, 2), ws); },
+               "queries: expected finite attention logits (finite keys and query), got a NaN or "
+               "inf for query head 0");
+  expect_error(
+      [&] { observe_query(policy, kv.with_tokens(2), QueryWindow<float>(q.data(), 2, 1, 2), ws); },
+      "kv.tokens: expected the policy's slots (3), got 2");
+}
+
+// StreamingLLM driven through the query path over a paged cache: the engine writes each token
+// into the slot it is given and the live set stays sinks + recent.
+TEST(ObserveQuery, DrivesStreamingLLMOverAPagedCache) {
+  const index_t heads = 2, d = 4, budget = 6, slots = budget + 1, page = 2;
+  std::vector<float> kpool(8 * page * heads * d), vpool(kpool.size());
+  const std::vector<std::int32_t> pages{5, 2, 7, 0};  // 4 pages of 2 slots = 8 ≥ 7 slots
+  const KVCache<float> kv(Storage<float>::paged_nhd(kpool.data(), page, heads, d),
+                          Storage<float>::paged_nhd(vpool.data(), page, heads, d),
+                          {heads, slots, d}, {pages, page, 8});
+  StreamingLLM policy({.sinks = 2});
+  policy.start({.kv_heads = heads, .q_heads = 4, .budget = budget});
+  Workspace ws;
+  std::vector<float> q(4 * d, 0.1f);
+  std::mt19937_64 rng(3);
+  std::normal_distribution<float> normal;
+  for (std::int64_t pos = 0; pos < 30; ++pos) {
+    const auto slot = policy.append(pos);
+    for (index_t h = 0; h < heads; ++h)
+      for (float& x : kv.key(h, slot[static_cast<std::size_t>(h)])) x = normal(rng);
+    const std::size_t allocs = ws.allocations();
+    observe_query(policy, kv, QueryWindow<float>(q.data(), 4, 1, d), ws);
+    if (pos > 0) {
+      EXPECT_EQ(ws.allocations(), allocs);  // no allocation per step once warm
+    }
+  }
+  std::vector<std::int64_t> live;
+  for (index_t s = 0; s < slots; ++s)
+    if (policy.position(0, s) >= 0) live.push_back(policy.position(0, s));
+  std::sort(live.begin(), live.end());
+  EXPECT_EQ(live, (std::vector<std::int64_t>{0, 1, 26, 27, 28, 29}));
+}
+
 }  // namespace
 }  // namespace kvevict::test

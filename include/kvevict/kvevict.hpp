@@ -10,6 +10,7 @@
 #include "element.hpp"
 #include "error.hpp"
 #include "kernels/rope.hpp"
+#include "kernels/softmax.hpp"
 #include "kv_cache.hpp"
 #include "layout.hpp"
 #include "policies/streaming_llm.hpp"
@@ -17,4 +18,5 @@
 #include "query_window.hpp"
 #include "selection.hpp"
 #include "slots.hpp"
+#include "streaming.hpp"
 #include "workspace.hpp"

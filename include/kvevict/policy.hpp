@@ -29,6 +29,7 @@
 ///   engine_write_kv(slot);                          // the engine stores the new token there
 ///   engine_attend(h2o, probs);                      // softmax over the live slots
 ///   kvevict::Evictions out = h2o.observe({probs.data(), 32, h2o.slots(), h2o.slots()});
+///   // or, without engine probabilities: out = kvevict::observe_query(h2o, kv, query, ws);
 ///   for (kvevict::index_t h = 0; h < 8; ++h)        // slots freed this step (reused later)
 ///     for (kvevict::token_t s : out.of(h)) engine_forget(h, s);
 /// }
