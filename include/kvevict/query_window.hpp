@@ -71,6 +71,14 @@ class QueryWindow {
     return {data_ + head * head_stride_ + i * position_stride_,
             static_cast<std::size_t>(head_dim_)};
   }
+  /// The last `count` queries of the window (a sub-window ending at the same position).
+  QueryWindow last(index_t count) const {
+    if (count < 1 || count > window_)
+      detail::fail("queries.window", detail::cat("at least ", count, " queries"), window_);
+    return QueryWindow(data_ + (window_ - count) * position_stride_, q_heads_, count, head_dim_,
+                       head_stride_, position_stride_);
+  }
+
   /// First element of head h's queries; consecutive queries are `position_stride` apart.
   const T* head_data(index_t head) const noexcept { return data_ + head * head_stride_; }
 

@@ -1,0 +1,253 @@
+// kvevict — KV-cache eviction policies for LLM inference.
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+/// \file
+/// \brief Windowed attention probabilities `softmax(Q Kᵀ / √d)` of a query window against a cache
+/// view, reduced over the window's queries: the score every attention-based policy starts from.
+///
+/// **How it is computed.** Per KV head, the g query heads of its GQA group are stacked into one
+/// `(g·w) × d` matrix, so every key block is read once per group and the logits come from one
+/// GEMM per block (Eigen inside; a block of a dense fp32 cache is mapped in place, a paged or
+/// half/bf16 block is gathered and converted to fp32 first). While a block's logits are hot in
+/// cache they are turned into `exp(x − m)` with the running row maximum m (online softmax, as
+/// in FlashAttention), and the row normalisers accumulate. A row's normaliser depends on every
+/// key, so the window reduction `Σ_i A[i, j]` — a sum over rows with different normalisers —
+/// can only happen after the last block: the exponentials of one group stay in scratch memory
+/// and one final sweep applies each row's factor `exp(m_b − m) / l` and reduces over the
+/// window. This keeps the FLOPs at one GEMM (2·w·n·d per query head); the alternative that
+/// keeps only O(g·w·block) would compute every logit twice.
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <span>
+
+#include "../element.hpp"
+#include "../error.hpp"
+#include "../kv_cache.hpp"
+#include "../query_window.hpp"
+#include "../workspace.hpp"
+
+namespace kvevict {
+
+/// How the window's attention probabilities are reduced over its queries.
+enum class WindowReduce {
+  sum,   ///< Σ_i c_i · A[i, j] (H2O's accumulation, NACL's proxy score)
+  mean,  ///< (1/w) Σ_i c_i · A[i, j] (SnapKV, CriticalKV)
+  max,   ///< max_i c_i · A[i, j] (CORM's "important for any query")
+};
+
+/// Options of `window_attention`.
+struct WindowAttention {
+  WindowReduce reduce = WindowReduce::sum;
+  /// Causal: query i (at position n − w + i) sees keys 0 … n − w + i. Otherwise every query
+  /// sees every key (NACL's proxy tokens).
+  bool causal = true;
+  /// Optional per-query weights c_i (size w); empty means 1.
+  std::span<const float> query_weights = {};
+  /// Keys per GEMM block (a tuning knob; results do not depend on it beyond rounding).
+  index_t block = 256;
+};
+
+namespace detail {
+
+/// exp(x) for x ≤ 0 in fp32, to ~2e-7 relative: Cody–Waite reduction x = k·ln2 + r with
+/// |r| ≤ ln2/2, a degree-6 Taylor polynomial for exp(r), and 2^k built from exponent bits.
+/// x ≤ −87 (and −inf, masked keys) gives exactly 0. The clamp and the zeroing are integer
+/// operations on the bits (for x ≤ 0 a larger bit pattern is a more negative number): float
+/// selects would not vectorise under the default -ftrapping-math, these do with any SIMD the
+/// engine compiles for (at -O3). Several times faster than a libm call or Eigen's `exp` here.
+/// A NaN input gives an unspecified value (the caller has already rejected non-finite logits).
+inline float exp_nonpositive(float x) noexcept {
+  constexpr std::uint32_t lowest = 0xC2AE0000u;  // the bits of −87.0f
+  const auto u = std::bit_cast<std::uint32_t>(x);
+  const float xc = std::bit_cast<float>(u < lowest ? u : lowest);
+  const float shifted = xc * 1.44269504088896341f + 12582912.0f;  // 1.5·2^23: round to integer
+  const float k = shifted - 12582912.0f;
+  const float r = (xc - k * 0.693145751953125f) - k * 1.428606765330187e-06f;  // ln2 hi + lo
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const std::int32_t ki = std::bit_cast<std::int32_t>(shifted) - 0x4b400000;  // k in [−126, 0]
+  const float v = p * std::bit_cast<float>((ki + 127) << 23);
+  const std::uint32_t keep = 0u - static_cast<std::uint32_t>(u < lowest);
+  return std::bit_cast<float>(std::bit_cast<std::uint32_t>(v) & keep);
+}
+
+/// Reports the first non-finite query or key element of KV head `kvh`'s group (slow path).
+template <Element T>
+[[noreturn]] void report_non_finite(const KVCache<T>& kv, const QueryWindow<T>& q, index_t kvh,
+                                    index_t g) {
+  for (index_t h = kvh * g; h < (kvh + 1) * g; ++h)
+    for (index_t i = 0; i < q.window(); ++i)
+      for (index_t k = 0; k < q.head_dim(); ++k) {
+        const float x = to_float(q.query(h, i)[static_cast<std::size_t>(k)]);
+        if (!std::isfinite(x))
+          fail("queries", "finite values", x, " at query head ", h, ", window position ", i,
+               ", element ", k);
+      }
+  for (index_t t = 0; t < kv.tokens(); ++t)
+    for (index_t k = 0; k < kv.head_dim(); ++k) {
+      const float x = to_float(kv.key(kvh, t)[static_cast<std::size_t>(k)]);
+      if (!std::isfinite(x))
+        fail("keys", "finite values", x, " at KV head ", kvh, ", token ", t, ", element ", k);
+    }
+  fail("keys", "finite attention logits", "an overflow to inf for KV head ", kvh,
+       " (finite but huge keys and queries)");
+}
+
+/// fp32 keys [first, first + count) of one head as a `d × count` column-major matrix: mapped in
+/// place when the storage is fp32 and the range is one evenly strided run, otherwise gathered
+/// and converted into `buffer` (≥ count · d floats).
+template <Element T>
+Eigen::Map<const Eigen::MatrixXf, 0, Eigen::OuterStride<>> key_block(const KVCache<T>& kv,
+                                                                     index_t head, index_t first,
+                                                                     index_t count, float* buffer) {
+  const index_t d = kv.head_dim();
+  if constexpr (std::same_as<T, float>) {
+    const float* data = nullptr;
+    index_t stride = 0;
+    bool single = true;
+    kv.for_each_run(Tensor::keys, head, first, first + count, [&](const TokenRun<T>& run) {
+      if (data != nullptr) single = false;
+      data = run.data;
+      stride = run.stride;
+    });
+    if (single) return {data, d, count, Eigen::OuterStride<>(stride)};
+  }
+  kv.for_each_run(Tensor::keys, head, first, first + count, [&](const TokenRun<T>& run) {
+    for (index_t t = 0; t < run.count; ++t)
+      to_float(run.data + t * run.stride, buffer + (run.first - first + t) * d, d);
+  });
+  return {buffer, d, count, Eigen::OuterStride<>(d)};
+}
+
+}  // namespace detail
+
+/// Writes `out[h · n + j] = reduce_i c_i · A_h[i, j]` for every query head h and token j, where
+/// `A_h = softmax(Q_h K_{h/g}ᵀ / √d)` row by row in fp32 (causal by default) and g =
+/// q_heads / kv_heads. `out` holds q_heads · n floats.
+///
+/// Complexity: 2·w·n·d FLOPs per query head as blocked GEMMs, plus O(q_heads · w · n) for the
+/// exponentials. Scratch from `ws`: g·w·n floats (one group's exponentials) + O(g·w·(d +
+/// n / block) + block · d); nothing allocated once `ws` is warm. Throws `kvevict::error` for
+/// mismatched shapes or non-finite keys/queries (named, with the offending element). Single
+/// threaded.
+template <Element T>
+void window_attention(const KVCache<T>& kv, const QueryWindow<T>& queries,
+                      const WindowAttention& options, std::span<float> out, Workspace& ws) {
+  const index_t g = check_window(kv, queries);
+  const index_t n = kv.tokens(), w = queries.window(), d = kv.head_dim();
+  const index_t q_heads = queries.q_heads(), rows = g * w;
+  if (static_cast<index_t>(out.size()) != q_heads * n)
+    detail::fail("out", detail::cat("q_heads * tokens (", q_heads * n, ") floats"), out.size());
+  if (!options.query_weights.empty() && static_cast<index_t>(options.query_weights.size()) != w)
+    detail::fail("query_weights", detail::cat("one weight per window query (", w, ")"),
+                 options.query_weights.size());
+  detail::require(options.block >= 1, "block", "block >= 1", options.block);
+  const index_t block = std::min(options.block, n);
+  const index_t n_blocks = (n + block - 1) / block;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+
+  using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  Workspace::Frame frame(ws);
+  Eigen::Map<RowMatrix> qg(ws.take<float>(rows * d).data(), rows, d);
+  float* exps = ws.take<float>(rows * n).data();  // column-major rows × n
+  float* kbuf = ws.take<float>(block * d).data();
+  Eigen::Map<Eigen::MatrixXf> block_max(ws.take<float>(rows * n_blocks).data(), rows, n_blocks);
+  float* const m = ws.take<float>(rows).data();      // running row maximum
+  float* const check = ws.take<float>(rows).data();  // Σ 0·x: NaN iff a logit is not finite
+  float* const ref = ws.take<float>(rows).data();    // exp reference of the current block
+  float* const part = ws.take<float>(rows).data();   // row sums of the current block
+  double* const l = ws.take<double>(rows).data();    // row normalisers
+  Eigen::Map<Eigen::VectorXf> factor(ws.take<float>(rows).data(), rows);
+  float* const weight = ws.take<float>(rows).data();
+  for (index_t r = 0; r < rows; ++r) {
+    const float c = options.query_weights.empty()
+                        ? 1.0f
+                        : options.query_weights[static_cast<std::size_t>(r % w)];
+    weight[r] = options.reduce == WindowReduce::mean ? c / static_cast<float>(w) : c;
+  }
+
+  for (index_t kvh = 0; kvh < kv.kv_heads(); ++kvh) {
+    for (index_t r = 0; r < rows; ++r) {
+      to_float(queries.query(kvh * g + r / w, r % w).data(), &qg(r, 0), d);
+      qg.row(r) *= scale;
+      m[r] = ninf;
+      check[r] = 0.0f;
+      l[r] = 0.0;
+    }
+    for (index_t b = 0; b < n_blocks; ++b) {
+      const index_t b0 = b * block, count = std::min(block, n - b0);
+      const auto keys = detail::key_block(kv, kvh, b0, count, kbuf);
+      float* const x = exps + b0 * rows;
+      Eigen::Map<Eigen::MatrixXf>(x, rows, count).noalias() = qg * keys;
+      // Row maxima, and the finiteness check, while the block is hot in cache. A NaN or inf in
+      // a key or query makes at least one logit non-finite (every key is visible to the last
+      // query), and 0 · (NaN or ±inf) is NaN.
+      float* const bmax = &block_max(0, b);
+      std::copy(m, m + rows, bmax);
+      for (index_t j = 0; j < count; ++j) {
+        const float* col = x + j * rows;
+        for (index_t r = 0; r < rows; ++r) {
+          bmax[r] = col[r] > bmax[r] ? col[r] : bmax[r];
+          check[r] += col[r] * 0.0f;
+        }
+      }
+      if (options.causal)  // query i sees keys j ≤ n − w + i: only the window's own block(s)
+        for (index_t j = std::max(b0, n - w + 1); j < b0 + count; ++j)
+          for (index_t r = 0; r < rows; ++r)
+            if (j > n - w + r % w) x[(j - b0) * rows + r] = ninf;
+      for (index_t r = 0; r < rows; ++r) {
+        if (m[r] != ninf) l[r] *= std::exp(static_cast<double>(m[r]) - bmax[r]);
+        ref[r] = bmax[r] == ninf ? 0.0f : bmax[r];  // an all-masked row: exps of exactly 0
+        part[r] = 0.0f;
+      }
+      for (index_t j = 0; j < count; ++j) {
+        float* col = x + j * rows;
+        for (index_t r = 0; r < rows; ++r) {
+          const float e = detail::exp_nonpositive(col[r] - ref[r]);
+          col[r] = e;
+          part[r] += e;
+        }
+      }
+      for (index_t r = 0; r < rows; ++r) {
+        l[r] += part[r];
+        m[r] = bmax[r];
+      }
+    }
+    for (index_t r = 0; r < rows; ++r)
+      if (check[r] != 0.0f) detail::report_non_finite(kv, queries, kvh, g);
+    // Final sweep: each block's exps scaled by exp(m_b − m) / l and reduced over the window.
+    for (index_t b = 0; b < n_blocks; ++b) {
+      const index_t b0 = b * block, count = std::min(block, n - b0);
+      for (index_t r = 0; r < rows; ++r)
+        factor[r] =
+            l[r] > 0.0
+                ? static_cast<float>(std::exp(static_cast<double>(block_max(r, b)) - m[r]) / l[r]) *
+                      weight[r]
+                : 0.0f;
+      const Eigen::Map<const Eigen::MatrixXf> x(exps + b0 * rows, rows, count);
+      for (index_t hg = 0; hg < g; ++hg) {
+        Eigen::Map<Eigen::VectorXf> dst(out.data() + (kvh * g + hg) * n + b0, count);
+        const auto x_head = x.middleRows(hg * w, w);
+        const auto f_head = factor.segment(hg * w, w);
+        if (options.reduce == WindowReduce::max)
+          dst = (x_head.array().colwise() * f_head.array()).colwise().maxCoeff().transpose();
+        else
+          dst.noalias() = x_head.transpose() * f_head;
+      }
+    }
+  }
+}
+
+}  // namespace kvevict
