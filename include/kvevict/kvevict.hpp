@@ -5,18 +5,31 @@
 /// \file
 /// \brief Everything but `eval/`: views, the policy contract, compaction, kernels and policies.
 
+// Views and the policy contract.
 #include "budget.hpp"
 #include "compact.hpp"
 #include "element.hpp"
 #include "error.hpp"
-#include "kernels/rope.hpp"
-#include "kernels/softmax.hpp"
 #include "kv_cache.hpp"
 #include "layout.hpp"
-#include "policies/streaming_llm.hpp"
 #include "policy.hpp"
 #include "query_window.hpp"
+#include "random.hpp"
 #include "selection.hpp"
 #include "slots.hpp"
 #include "streaming.hpp"
 #include "workspace.hpp"
+
+// Kernels.
+#include "kernels/attention.hpp"
+#include "kernels/pool.hpp"
+#include "kernels/reduce.hpp"
+#include "kernels/rope.hpp"
+#include "kernels/softmax.hpp"
+#include "kernels/topk.hpp"
+
+// Policies.
+#include "policies/random_eviction.hpp"
+#include "policies/snapkv.hpp"
+#include "policies/streaming_llm.hpp"
+#include "policies/tova.hpp"

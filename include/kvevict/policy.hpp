@@ -142,4 +142,30 @@ template <class P, class T>
 concept StreamingPolicy = Element<T> && named_policy<P> && starts_sequences<P> &&
     appends_tokens<P> && observes_attention<P> && reports_slots<P>;
 
+namespace detail {
+
+/// A budget must hold the protected regions (sinks, recent windows) outright.
+inline void check_protected(index_t budget, index_t protect, std::string_view what) {
+  if (budget < protect) fail("budget", cat("at least ", what, " (", protect, ") tokens"), budget);
+}
+
+/// The preamble of every one-shot `select`: validates the window against the cache, resolves the
+/// budget, and either fills `out` with everything (B ≥ n: returns 0) or checks that B holds the
+/// `protect` tokens of the protected regions (named `what`) and resets `out` for filling
+/// (returns B). Nothing is written to `out` when it throws.
+template <Element T>
+index_t begin_select(const KVCache<T>& kv, const QueryWindow<T>& queries, Budget budget,
+                     Selection& out, bool shared, index_t protect = 0, std::string_view what = "") {
+  check_window(kv, queries);
+  const index_t b = budget.resolve(kv.tokens());
+  if (b >= kv.tokens()) {
+    out.keep_all(kv.kv_heads(), kv.tokens(), shared);
+    return 0;
+  }
+  check_protected(b, protect, what);
+  out.reset(kv.kv_heads(), kv.tokens(), shared);
+  return b;
+}
+
+}  // namespace detail
 }  // namespace kvevict

@@ -100,6 +100,31 @@ class SlotTable {
   std::vector<std::int64_t> last_;
 };
 
+/// Takes a slot for `position` in every stored head of `table` and writes the slot of each KV
+/// head into `out` (one stored head: the same slot for all). Returns `out`.
+inline std::span<const token_t> append_to_slots(SlotTable& table, std::vector<token_t>& out,
+                                                std::int64_t position) {
+  const auto kv_heads = static_cast<index_t>(out.size());
+  if (table.heads() == 1) {
+    std::fill(out.begin(), out.end(), table.take(0, position));
+  } else {
+    for (index_t h = 0; h < kv_heads; ++h)
+      out[static_cast<std::size_t>(h)] = table.take(h, position);
+  }
+  return out;
+}
+
+/// Checks the shape of the rows an engine passes to `observe`. O(1).
+inline void check_rows(const AttentionRows& rows, index_t q_heads, index_t slots) {
+  if (rows.data == nullptr) fail("rows.data", "a non-null pointer", "nullptr");
+  if (rows.q_heads != q_heads)
+    fail("rows.q_heads", cat("the q_heads the policy was started with (", q_heads, ")"),
+         rows.q_heads);
+  if (rows.slots != slots) fail("rows.slots", cat("the policy's slots (", slots, ")"), rows.slots);
+  if (q_heads > 1 && rows.head_stride < slots)
+    fail("rows.head_stride", cat("at least slots (", slots, ")"), rows.head_stride);
+}
+
 /// The per-step eviction list a streaming policy returns, preallocated in `start`.
 class EvictionList {
  public:

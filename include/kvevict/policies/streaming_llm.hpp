@@ -55,12 +55,10 @@ class StreamingLLM {
   template <Element T>
   void select(const KVCache<T>& kv, const QueryWindow<T>& queries, Budget budget, Selection& out,
               Workspace& /*ws*/) const {
-    check_window(kv, queries);
     const index_t n = kv.tokens();
-    const index_t b = budget.resolve(n);
-    if (b >= n) return out.keep_all(kv.kv_heads(), n, /*shared=*/true);
-    check_budget(b);
-    out.reset(kv.kv_heads(), n, /*shared=*/true);
+    const index_t b =
+        detail::begin_select(kv, queries, budget, out, /*shared=*/true, params_.sinks, "sinks");
+    if (b == 0) return;
     const auto kept = out.add_head(b);
     const index_t s = params_.sinks;
     for (index_t i = 0; i < s; ++i) kept[static_cast<std::size_t>(i)] = static_cast<token_t>(i);
@@ -71,7 +69,7 @@ class StreamingLLM {
   /// Starts a sequence: `budget` tokens kept (≥ sinks), `budget + 1` slots (or `capacity`).
   void start(const StreamConfig& config) {
     slots_ = detail::check_stream_config(config, /*needs_budget=*/true);
-    check_budget(config.budget);
+    detail::check_protected(config.budget, params_.sinks, "sinks");
     budget_ = config.budget;
     table_.start(1, slots_);
     fifo_.assign(static_cast<std::size_t>(slots_), 0);
@@ -82,14 +80,13 @@ class StreamingLLM {
 
   /// The slot (the same for every head) where the token at `position` goes.
   std::span<const token_t> append(std::int64_t position) {
-    const token_t slot = table_.take(0, position);
+    const token_t slot = detail::append_to_slots(table_, append_slots_, position)[0];
     if (sinks_seen_ < params_.sinks) {
       ++sinks_seen_;
     } else {
       fifo_[static_cast<std::size_t>((fifo_head_ + fifo_size_) % slots_)] = slot;
       ++fifo_size_;
     }
-    std::fill(append_slots_.begin(), append_slots_.end(), slot);
     return append_slots_;
   }
 
@@ -113,11 +110,6 @@ class StreamingLLM {
   }
 
  private:
-  void check_budget(index_t b) const {
-    if (b < params_.sinks)
-      detail::fail("budget", detail::cat("at least sinks (", params_.sinks, ") tokens"), b);
-  }
-
   Params params_;
   // Streaming state (one sequence).
   index_t slots_ = 0, budget_ = 0;
