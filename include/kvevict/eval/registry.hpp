@@ -1,0 +1,262 @@
+// kvevict — KV-cache eviction policies for LLM inference.
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+/// \file
+/// \brief Every policy by name, with its parameters as `key=value` text: what the `kvevict`
+/// command and the evaluation harness use to build and describe policies.
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "../error.hpp"
+#include "../kvevict.hpp"
+
+namespace kvevict::eval {
+
+/// A policy of any kind, configured.
+using AnyPolicy = std::variant<StreamingLLM, RandomEviction, SnapKV, TOVA>;
+
+/// One parameter of a policy's `Params`, by pointer to member.
+template <class Params>
+struct Field {
+  using Member = std::variant<index_t Params::*, double Params::*, bool Params::*,
+                              std::uint64_t Params::*, Pool Params::*, GroupReduce Params::*>;
+  std::string_view name;
+  Member member;
+  std::string_view help;
+};
+
+/// What the command line knows about a policy type.
+template <class P>
+struct PolicyTraits;
+
+template <>
+struct PolicyTraits<StreamingLLM> {
+  using Params = StreamingLLM::Params;
+  static constexpr std::string_view summary = "attention sinks + recent window (Xiao et al. 2023)";
+  static std::vector<Field<Params>> fields() {
+    return {{"sinks", &Params::sinks, "first tokens always kept"}};
+  }
+};
+
+template <>
+struct PolicyTraits<RandomEviction> {
+  using Params = RandomEviction::Params;
+  static constexpr std::string_view summary = "uniform random eviction (baseline)";
+  static std::vector<Field<Params>> fields() {
+    return {{"sinks", &Params::sinks, "first tokens always kept"},
+            {"recent", &Params::recent, "last tokens always kept"}};
+  }
+};
+
+template <>
+struct PolicyTraits<SnapKV> {
+  using Params = SnapKV::Params;
+  static constexpr std::string_view summary =
+      "pooled observation-window attention (Li et al. 2024)";
+  static std::vector<Field<Params>> fields() {
+    return {{"window", &Params::window, "observation window: the last queries, always kept"},
+            {"kernel", &Params::kernel, "pooling kernel"},
+            {"pool", &Params::pool, "pooling: max or avg"},
+            {"reduce", &Params::reduce, "GQA reduction: mean, max or sum"}};
+  }
+};
+
+template <>
+struct PolicyTraits<TOVA> {
+  using Params = TOVA::Params;
+  static constexpr std::string_view summary =
+      "last query's head-mean attention, shared set (Oren et al. 2024)";
+  static std::vector<Field<Params>> fields() { return {}; }
+};
+
+namespace detail {
+
+using kvevict::detail::cat;
+using kvevict::detail::fail;
+
+inline index_t parse_int(std::string_view key, std::string_view text) {
+  index_t v = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || end != text.data() + text.size() || text.empty())
+    fail(key, "an integer", "'", std::string(text), "'");
+  return v;
+}
+
+inline double parse_real(std::string_view key, std::string_view text) {
+  // std::from_chars for double is not in every standard library this builds with.
+  std::size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(std::string(text), &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != text.size() || text.empty() || !std::isfinite(v))
+    fail(key, "a finite number", "'", std::string(text), "'");
+  return v;
+}
+
+inline bool parse_bool(std::string_view key, std::string_view text) {
+  if (text == "1" || text == "true") return true;
+  if (text == "0" || text == "false") return false;
+  fail(key, "0 or 1", "'", std::string(text), "'");
+}
+
+template <class Params>
+void set_field(Params& p, const Field<Params>& f, std::string_view text) {
+  std::visit(
+      [&](auto member) {
+        using V = std::remove_cvref_t<decltype(p.*member)>;
+        if constexpr (std::is_same_v<V, index_t>) {
+          p.*member = parse_int(f.name, text);
+        } else if constexpr (std::is_same_v<V, double>) {
+          p.*member = parse_real(f.name, text);
+        } else if constexpr (std::is_same_v<V, bool>) {
+          p.*member = parse_bool(f.name, text);
+        } else if constexpr (std::is_same_v<V, std::uint64_t>) {
+          const index_t v = parse_int(f.name, text);
+          if (v < 0) fail(f.name, "a non-negative integer", v);
+          p.*member = static_cast<std::uint64_t>(v);
+        } else if constexpr (std::is_same_v<V, Pool>) {
+          if (text == "max")
+            p.*member = Pool::max;
+          else if (text == "avg")
+            p.*member = Pool::avg;
+          else
+            fail(f.name, "max or avg", "'", std::string(text), "'");
+        } else if constexpr (std::is_same_v<V, GroupReduce>) {
+          if (text == "mean")
+            p.*member = GroupReduce::mean;
+          else if (text == "max")
+            p.*member = GroupReduce::max;
+          else if (text == "sum")
+            p.*member = GroupReduce::sum;
+          else
+            fail(f.name, "mean, max or sum", "'", std::string(text), "'");
+        }
+      },
+      f.member);
+}
+
+/// The value of a field as a JSON literal.
+template <class Params>
+std::string json_value(const Params& p, const Field<Params>& f) {
+  return std::visit(
+      [&](auto member) -> std::string {
+        using V = std::remove_cvref_t<decltype(p.*member)>;
+        const V& v = p.*member;
+        if constexpr (std::is_same_v<V, bool>)
+          return v ? "true" : "false";
+        else if constexpr (std::is_same_v<V, Pool> || std::is_same_v<V, GroupReduce>)
+          return "\"" + std::string(to_string(v)) + "\"";
+        else if constexpr (std::is_same_v<V, double>)
+          return cat(v);
+        else
+          return std::to_string(v);
+      },
+      f.member);
+}
+
+template <class F, std::size_t... I>
+void for_each_alternative(F&& f, std::index_sequence<I...>) {
+  (f.template operator()<std::variant_alternative_t<I, AnyPolicy>>(), ...);
+}
+
+}  // namespace detail
+
+/// Calls `f.template operator()<P>()` for every policy type, in the table's order.
+template <class F>
+void for_each_policy(F&& f) {
+  detail::for_each_alternative(f, std::make_index_sequence<std::variant_size_v<AnyPolicy>>());
+}
+
+/// Names of every policy, in order.
+inline std::vector<std::string_view> policy_names() {
+  std::vector<std::string_view> names;
+  for_each_policy([&]<class P>() { names.push_back(P::name); });
+  return names;
+}
+
+/// Builds the policy called `name` from `key=value` settings. `seed` goes to policies that
+/// draw random numbers; `shared` selects one set for all heads where a policy offers both.
+/// Throws `kvevict::error` for an unknown policy, an unknown parameter (the message lists the
+/// known ones) or a value that does not parse or validate.
+inline AnyPolicy make_policy(std::string_view name,
+                             std::span<const std::pair<std::string, std::string>> settings,
+                             std::uint64_t seed = 0, bool shared = false) {
+  std::optional<AnyPolicy> out;
+  for_each_policy([&]<class P>() {
+    if (P::name != name || out) return;
+    using Traits = PolicyTraits<P>;
+    typename P::Params params;
+    if constexpr (requires { params.seed; }) params.seed = seed;
+    if constexpr (requires { params.shared; })
+      if (shared) params.shared = true;
+    const auto fields = Traits::fields();
+    for (const auto& [key, value] : settings) {
+      const auto it =
+          std::find_if(fields.begin(), fields.end(), [&](const auto& f) { return f.name == key; });
+      if (it == fields.end()) {
+        std::string known;
+        for (const auto& f : fields) known += (known.empty() ? "" : ", ") + std::string(f.name);
+        kvevict::detail::fail(
+            "--set",
+            detail::cat("a parameter of ", name, " (", known.empty() ? "none" : known, ")"), "'",
+            key, "'");
+      }
+      detail::set_field(params, *it, value);
+    }
+    out.emplace(std::in_place_type<P>, params);
+  });
+  if (!out) {
+    std::string known;
+    for (auto n : policy_names()) known += (known.empty() ? "" : ", ") + std::string(n);
+    kvevict::detail::fail("--policy", detail::cat("one of ", known), "'", std::string(name), "'");
+  }
+  return std::move(*out);
+}
+
+/// The name of a configured policy.
+inline std::string_view name_of(const AnyPolicy& policy) {
+  return std::visit([](const auto& p) { return std::decay_t<decltype(p)>::name; }, policy);
+}
+
+/// A configured policy's parameters as (name, JSON literal) pairs, `seed`/`shared` included
+/// where the policy has them.
+inline std::vector<std::pair<std::string, std::string>> describe(const AnyPolicy& policy) {
+  return std::visit(
+      [](const auto& p) {
+        using P = std::decay_t<decltype(p)>;
+        std::vector<std::pair<std::string, std::string>> out;
+        const auto& params = p.params();
+        for (const auto& f : PolicyTraits<P>::fields())
+          out.emplace_back(std::string(f.name), detail::json_value(params, f));
+        if constexpr (requires { params.seed; })
+          out.emplace_back("seed", std::to_string(params.seed));
+        if constexpr (requires { params.shared; })
+          out.emplace_back("shared", params.shared ? "true" : "false");
+        return out;
+      },
+      policy);
+}
+
+/// Runs the one-shot selection of any policy.
+template <Element T>
+void select(const AnyPolicy& policy, const KVCache<T>& kv, const QueryWindow<T>& queries,
+            Budget budget, Selection& out, Workspace& ws) {
+  std::visit([&](const auto& p) { p.select(kv, queries, budget, out, ws); }, policy);
+}
+
+}  // namespace kvevict::eval

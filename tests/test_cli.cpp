@@ -1,0 +1,203 @@
+// The kvevict command end to end, on .npy files the test writes itself.
+// SPDX-License-Identifier: Apache-2.0
+#include <kvevict/eval/npy.hpp>
+#include <kvevict/eval/registry.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <unistd.h>
+
+#include "support.hpp"
+
+namespace kvevict::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int code;
+  std::string out, err;
+};
+
+/// A directory of this test process (CTest runs test cases in parallel processes).
+const fs::path& scratch() {
+  static const fs::path dir = [] {
+    const fs::path d = fs::temp_directory_path() / ("kvevict_cli_" + std::to_string(getpid()));
+    fs::create_directories(d);
+    return d;
+  }();
+  return dir;
+}
+
+/// Runs the command with `args`, capturing stdout and stderr.
+Result run(const std::string& args) {
+  const fs::path& dir = scratch();
+  const fs::path out = dir / "kvevict_cli_out.txt", err = dir / "kvevict_cli_err.txt";
+  const std::string cmd =
+      std::string(KVEVICT_CLI) + " " + args + " >" + out.string() + " 2>" + err.string();
+  const int status = std::system(cmd.c_str());
+  auto slurp = [](const fs::path& p) {
+    std::ifstream in(p);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+  };
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+}
+
+/// A directory of small inputs: K, V [2, 40, 8], Q [4, 8, 8], float32 and float16.
+class Cli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = scratch();
+    std::mt19937_64 rng(17);
+    std::normal_distribution<float> normal;
+    auto save = [&](const std::string& name, std::vector<index_t> shape, bool half) {
+      index_t count = 1;
+      for (index_t s : shape) count *= s;
+      std::vector<float> x(static_cast<std::size_t>(count));
+      for (float& v : x) v = normal(rng);
+      if (half) {
+        std::vector<Eigen::half> h(x.begin(), x.end());
+        npy::write(path(name), npy::DType::float16, shape, h.data());
+      } else {
+        npy::write(path(name), npy::DType::float32, shape, x.data());
+      }
+      return x;
+    };
+    k_ = save("k.npy", {2, 40, 8}, false);
+    v_ = save("v.npy", {2, 40, 8}, false);
+    q_ = save("q.npy", {4, 8, 8}, false);
+    save("k16.npy", {2, 40, 8}, true);
+    save("v16.npy", {2, 40, 8}, true);
+    save("q16.npy", {4, 8, 8}, true);
+    save("v_short.npy", {2, 39, 8}, false);
+    save("q_dim.npy", {4, 8, 6}, false);
+    save("q_heads.npy", {3, 8, 8}, false);
+    auto bad = k_;
+    bad[static_cast<std::size_t>(1 * 320 + 5 * 8 + 2)] = std::numeric_limits<float>::infinity();
+    const std::vector<index_t> shape{2, 40, 8};
+    npy::write(path("k_inf.npy"), npy::DType::float32, shape, bad.data());
+    std::ofstream(path("garbage.npy")) << "not an npy file at all";
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+  static std::string path(const std::string& name) { return (dir_ / name).string(); }
+  static std::string inputs(const std::string& k = "k.npy", const std::string& v = "v.npy",
+                            const std::string& q = "q.npy") {
+    return "--keys " + path(k) + " --values " + path(v) + " --queries " + path(q);
+  }
+
+  static inline fs::path dir_;
+  static inline std::vector<float> k_, v_, q_;
+};
+
+TEST_F(Cli, SelectMatchesTheLibrary) {
+  const Result r =
+      run("select --policy snapkv --set window=4 --set kernel=3 --budget 12 " + inputs());
+  ASSERT_EQ(r.code, 0) << r.err;
+  // The same selection through the library.
+  const KVCache<float> kv(Storage<float>::hnd(k_.data(), 40, 8),
+                          Storage<float>::hnd(v_.data(), 40, 8), {2, 40, 8});
+  Selection sel;
+  Workspace ws;
+  SnapKV({.window = 4, .kernel = 3})
+      .select(kv, QueryWindow<float>(q_.data(), 4, 8, 8), Budget::tokens(12), sel, ws);
+  std::string kept = "\"kept\": [";
+  for (index_t h = 0; h < 2; ++h) {
+    kept += h ? ", [" : "[";
+    for (std::size_t i = 0; i < sel.kept(h).size(); ++i)
+      kept += (i ? ", " : "") + std::to_string(sel.kept(h)[i]);
+    kept += "]";
+  }
+  EXPECT_NE(r.out.find(kept + "]"), std::string::npos) << r.out << "\nwant " << kept;
+  EXPECT_NE(
+      r.out.find("\"policy\": \"snapkv\", \"params\": {\"window\": 4, \"kernel\": 3, \"pool\": "
+                 "\"max\", \"reduce\": \"mean\", \"shared\": false}, \"n\": 40, \"budget\": 12"),
+      std::string::npos)
+      << r.out;
+}
+
+TEST_F(Cli, SelectsOnFloat16SharedAndWritesOut) {
+  const std::string out = path("out.json");
+  fs::remove(out);
+  const Result r =
+      run("select --policy random --seed 3 --shared --ratio 0.25 --set sinks=2 --out " + out + " " +
+          inputs("k16.npy", "v16.npy", "q16.npy"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(r.out.empty());
+  std::ifstream in(out);
+  std::stringstream s;
+  s << in.rdbuf();
+  EXPECT_NE(
+      s.str().find("\"params\": {\"sinks\": 2, \"recent\": 0, \"seed\": 3, \"shared\": true}"),
+      std::string::npos)
+      << s.str();
+  EXPECT_NE(s.str().find("\"budget\": 10, \"shared\": true, \"kept\": [[0, 1, "), std::string::npos)
+      << s.str();
+  // Deterministic: the same command gives the same bytes.
+  const Result again = run("select --policy random --seed 3 --shared --ratio 0.25 --set sinks=2 " +
+                           inputs("k16.npy", "v16.npy", "q16.npy"));
+  EXPECT_EQ(again.out, s.str());
+}
+
+TEST_F(Cli, ListShowsEveryPolicyAndItsDefaults) {
+  const Result r = run("list");
+  ASSERT_EQ(r.code, 0);
+  for (auto name : eval::policy_names())
+    EXPECT_NE(r.out.find(std::string(name)), std::string::npos) << name;
+  EXPECT_NE(r.out.find("kernel             7"), std::string::npos) << r.out;
+}
+
+// Every bad input exits non-zero with one line naming what is wrong, and writes nothing.
+TEST_F(Cli, BadInputExitsWithOneLineAndWritesNothing) {
+  const std::string out = path("never.json");
+  const std::pair<std::string, std::string> cases[] = {
+      {"select --policy snapkv --budget 10 " + inputs("garbage.npy"),
+       "kvevict: keys: expected a .npy file (magic \\x93NUMPY), got a file of 22 bytes without "
+       "it\n"},
+      {"select --policy snapkv --budget 10 " + inputs("k.npy", "v_short.npy"),
+       "kvevict: values: expected shape [2, 40, d_v] to match the keys, got [2, 39, 8]\n"},
+      {"select --policy snapkv --budget 10 " + inputs("k.npy", "v.npy", "q_dim.npy"),
+       "kvevict: queries: expected head_dim 8 (the keys'), got [4, 8, 6]\n"},
+      {"select --policy snapkv --budget 10 " + inputs("k.npy", "v.npy", "q_heads.npy"),
+       "kvevict: queries: expected q_heads a multiple of kv_heads (2), got [3, 8, 8]\n"},
+      {"select --policy snapkv --budget 10 " + inputs("k_inf.npy"),
+       "kvevict: keys: expected finite values, got inf at [1, 5, 2]\n"},
+      {"select --policy snapkv --budget 0 " + inputs(),
+       "kvevict: budget: expected a token count >= 1, got 0\n"},
+      {"select --policy snapkv --ratio 1.5 " + inputs(),
+       "kvevict: budget: expected a ratio in (0, 1], got 1.5\n"},
+      {"select --policy snapkv --budget 10 --ratio 0.5 " + inputs(),
+       "kvevict: --budget: expected exactly one of --budget N and --ratio R, got both\n"},
+      {"select --policy snapkv --budget 3 --set window=4 " + inputs(),
+       "kvevict: budget: expected at least window (4) tokens, got 3\n"},
+      {"select --policy snapkv --budget 10 --set windw=4 " + inputs(),
+       "kvevict: --set: expected a parameter of snapkv (window, kernel, pool, reduce), got "
+       "'windw'\n"},
+      {"select --policy snapkv --budget 10 --set pool=min " + inputs(),
+       "kvevict: pool: expected max or avg, got 'min'\n"},
+      {"select --policy snapkv --budget 10 --set window=x " + inputs(),
+       "kvevict: window: expected an integer, got 'x'\n"},
+      {"select --policy h3o --budget 10 " + inputs(),
+       "kvevict: --policy: expected one of streaming_llm, random, snapkv, tova, got 'h3o'\n"},
+      {"select --policy snapkv --budget 10 --bogus 1 " + inputs(),
+       "kvevict: arguments: expected one of --policy --keys --values --queries --budget --ratio "
+       "--set --seed --shared --out, got '--bogus'\n"},
+      {"select --policy snapkv --budget 10 --keys " + path("k.npy"),
+       "kvevict: --values: expected to be given, got nothing\n"},
+      {"frobnicate", "kvevict: command: expected list or select, got 'frobnicate'\n"},
+  };
+  for (const auto& [args, message] : cases) {
+    fs::remove(out);
+    const Result r = run(args + " --out " + out);
+    EXPECT_NE(r.code, 0) << args;
+    EXPECT_EQ(r.err, message) << args;
+    EXPECT_FALSE(fs::exists(out)) << args;
+  }
+}
+
+}  // namespace
+}  // namespace kvevict::test

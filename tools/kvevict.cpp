@@ -1,0 +1,41 @@
+// kvevict: run KV-cache eviction policies on real Q/K/V dumps or built-in workloads.
+// SPDX-License-Identifier: Apache-2.0
+#include <cstdio>
+#include <exception>
+#include <string>
+
+#include "cli.hpp"
+
+namespace {
+
+constexpr const char* usage =
+    "usage:\n"
+    "  kvevict list                                   policies, parameters, defaults\n"
+    "  kvevict select --policy NAME --keys K.npy --values V.npy --queries Q.npy\n"
+    "                 (--budget N | --ratio R) [--set key=value]... [--seed S] [--shared]\n"
+    "                 [--out OUT.json]\n"
+    "\n"
+    "Arrays: C-order little-endian float32 or float16 .npy; K, V [kv_heads, n, d];\n"
+    "Q [q_heads, w, d], the queries of positions n-w … n-1.\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    std::fputs(usage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string command = argv[1];
+  try {
+    if (command == "list") return kvevict::cli::list();
+    if (command == "select") return kvevict::cli::select(argc, argv);
+    std::fprintf(stderr, "kvevict: command: expected list or select, got '%s'\n", command.c_str());
+    return 2;
+  } catch (const kvevict::error& e) {
+    std::fprintf(stderr, "kvevict: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kvevict: error: %s\n", e.what());
+    return 1;
+  }
+}
