@@ -7,6 +7,7 @@
 
 #include <Eigen/Dense>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -45,6 +46,113 @@ void BM_Ceiling_Memcpy(benchmark::State& state) {
 }
 BENCHMARK(BM_Ceiling_Memcpy)->Unit(benchmark::kMillisecond);
 
+// ---- scoring: the window attention every attention-based policy starts from ---------------------
+
+constexpr index_t kQHeads = 32, kKVHeads = 8, kDim = 128, kWindow = 32;
+
+/// A cache of n tokens (32 query / 8 KV heads, d = 128, HND) and a window of 32 queries,
+/// filled with N(0, 1) values.
+template <class T>
+struct Problem {
+  std::vector<T> k, v, q;
+  std::optional<kvevict::KVCache<T>> kv;
+  std::optional<kvevict::QueryWindow<T>> window;
+  explicit Problem(index_t n) {
+    kvevict::RandomStream rng(7, 0, 0);  // uniform in (−1, 1): fast to generate, like N(0, 0.6)
+    k.resize(static_cast<std::size_t>(kKVHeads * n * kDim));
+    v.resize(k.size());
+    q.resize(static_cast<std::size_t>(kQHeads * kWindow * kDim));
+    for (auto* vec : {&k, &v, &q})
+      for (T& x : *vec) x = kvevict::from_float<T>(static_cast<float>(2.0 * rng.uniform() - 1.0));
+    kv.emplace(kvevict::Storage<T>::hnd(k.data(), n, kDim),
+               kvevict::Storage<T>::hnd(v.data(), n, kDim), kvevict::Shape{kKVHeads, n, kDim});
+    window.emplace(q.data(), kQHeads, kWindow, kDim);
+  }
+};
+
+/// FLOPs of scoring a w-query window over n keys: 2·w·n·d per query head.
+double score_flops(index_t n) {
+  return 2.0 * kWindow * static_cast<double>(n) * kDim * kQHeads;
+}
+
+template <class T>
+void score_window(benchmark::State& state) {
+  const index_t n = state.range(0);
+  Problem<T> p(n);
+  std::vector<float> out(static_cast<std::size_t>(kQHeads * n));
+  kvevict::Workspace ws;
+  for (auto _ : state) {
+    kvevict::window_attention(*p.kv, *p.window, {.reduce = kvevict::WindowReduce::mean}, out, ws);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["FLOPS"] =
+      benchmark::Counter(score_flops(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+/// Window attention over fp32 storage: target ≥ 50% of BM_Ceiling_Sgemm1024's FLOPS.
+void BM_Score_Window(benchmark::State& state) {
+  score_window<float>(state);
+}
+BENCHMARK(BM_Score_Window)->Arg(4096)->Arg(32768)->Unit(benchmark::kMillisecond);
+
+/// The same over fp16 storage (converted block by block to fp32).
+void BM_Score_Window_F16(benchmark::State& state) {
+  score_window<Eigen::half>(state);
+}
+BENCHMARK(BM_Score_Window_F16)->Arg(4096)->Arg(32768)->Unit(benchmark::kMillisecond);
+
+/// What SnapKV does after scoring: pooling (kernel 7), the GQA mean, and top-k per KV head
+/// (budget n/5). Target: ≤ 15% of BM_Score_Window at the same n.
+void BM_SnapKV_PoolSelect(benchmark::State& state) {
+  const index_t n = state.range(0), prefix = n - kWindow, budget = n / 5;
+  std::vector<float> attention(static_cast<std::size_t>(kQHeads * n));
+  std::mt19937_64 rng(3);
+  std::uniform_real_distribution<float> uniform;
+  for (float& x : attention) x = uniform(rng);
+  std::vector<float> pooled(static_cast<std::size_t>(kQHeads * prefix)),
+      reduced(static_cast<std::size_t>(kKVHeads * prefix));
+  std::vector<std::uint8_t> keep(static_cast<std::size_t>(n));
+  kvevict::Selection sel;
+  kvevict::Workspace ws;
+  for (auto _ : state) {
+    sel.reset(kKVHeads, n, false);
+    for (index_t h = 0; h < kQHeads; ++h)
+      kvevict::pool1d(std::span<const float>(attention).subspan(static_cast<std::size_t>(h * n),
+                                                                static_cast<std::size_t>(prefix)),
+                      std::span<float>(pooled).subspan(static_cast<std::size_t>(h * prefix),
+                                                       static_cast<std::size_t>(prefix)),
+                      7, kvevict::Pool::max);
+    kvevict::reduce_groups(pooled, kQHeads, prefix, kKVHeads, kvevict::GroupReduce::mean, false,
+                           reduced);
+    for (index_t h = 0; h < kKVHeads; ++h) {
+      std::fill(keep.begin(), keep.end(), std::uint8_t{0});
+      kvevict::keep_range(keep, prefix, n);
+      kvevict::top_k(std::span<const float>(reduced).subspan(static_cast<std::size_t>(h * prefix),
+                                                             static_cast<std::size_t>(prefix)),
+                     0, prefix, budget - kWindow, keep, ws);
+      kvevict::add_head_from_mask(sel, keep);
+    }
+    benchmark::DoNotOptimize(sel.kept(0).data());
+  }
+}
+BENCHMARK(BM_SnapKV_PoolSelect)->Arg(4096)->Arg(32768)->Unit(benchmark::kMillisecond);
+
+/// SnapKV end to end (scoring + pooling + selection), fp16 storage, budget 20%.
+void BM_Select_SnapKV_F16(benchmark::State& state) {
+  const index_t n = state.range(0);
+  Problem<Eigen::half> p(n);
+  kvevict::Selection sel;
+  kvevict::Workspace ws;
+  const kvevict::SnapKV policy;
+  for (auto _ : state) {
+    policy.select(*p.kv, *p.window, kvevict::Budget::ratio(0.2), sel, ws);
+    benchmark::DoNotOptimize(sel.kept(0).data());
+  }
+  state.counters["FLOPS"] =
+      benchmark::Counter(score_flops(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_Select_SnapKV_F16)->Arg(32768)->Unit(benchmark::kMillisecond);
+
 // ---- compaction --------------------------------------------------------------------------------
 
 /// Compacts the kept half of an n-token, 8-head, d = 128 fp32 HND cache in place: every head
@@ -76,6 +184,26 @@ void BM_Compact(benchmark::State& state) {
                           static_cast<std::int64_t>(sizeof(float)));
 }
 BENCHMARK(BM_Compact)->Arg(4096)->Arg(32768)->Unit(benchmark::kMillisecond);
+
+/// The same cache compacted with the per-head selection SnapKV makes at a 50% budget (pooling
+/// clusters kept tokens into runs): the typical case next to BM_Compact's scattered worst case.
+void BM_Compact_SnapKV(benchmark::State& state) {
+  const index_t n = state.range(0);
+  Problem<float> p(n);
+  kvevict::Selection sel;
+  kvevict::Workspace ws;
+  kvevict::SnapKV().select(*p.kv, *p.window, kvevict::Budget::ratio(0.5), sel, ws);
+  kvevict::Compaction out;
+  for (auto _ : state) {
+    kvevict::compact(*p.kv, sel, out);
+    benchmark::ClobberMemory();
+  }
+  index_t moved = 0;
+  for (index_t h = 0; h < kKVHeads; ++h) moved += sel.size(h);
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * moved * kDim * 2 *
+                          static_cast<std::int64_t>(sizeof(float)));
+}
+BENCHMARK(BM_Compact_SnapKV)->Arg(32768)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -5,6 +5,7 @@
 /// \file
 /// \brief `compact`: moves the kept tokens of every head to the front, in place.
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <span>
@@ -33,6 +34,30 @@ struct Compaction {
 
 namespace detail {
 
+/// Copies `bytes` from `src` to `dst < src` front to back in 64-byte chunks, each loaded before
+/// it is stored, so overlapping ranges are safe in this direction. Inline fixed-size copies
+/// become vector moves: no call and no direction check per run (memmove's cost on the short
+/// runs a scattered selection makes).
+inline void copy_forward(std::byte* dst, const std::byte* src, std::size_t bytes) noexcept {
+  std::size_t i = 0;
+  for (; i + 64 <= bytes; i += 64) {
+    std::byte chunk[64];
+    std::memcpy(chunk, src + i, 64);
+    std::memcpy(dst + i, chunk, 64);
+  }
+  if (i < bytes) std::memmove(dst + i, src + i, bytes - i);
+}
+
+/// Hints the cache to load [p, p + bytes) (a no-op where the compiler has no prefetch builtin).
+inline void prefetch(const void* p, index_t bytes) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+  for (index_t o = 0; o < bytes; o += 64) __builtin_prefetch(static_cast<const char*>(p) + o);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
 /// Copies `count` tokens of `width` elements from logical token `src` to `dst` (dst ≤ src) of
 /// one head, splitting at page boundaries; contiguous chunks move with one memmove.
 template <Element T>
@@ -47,7 +72,8 @@ void move_tokens(const KVCache<T>& kv, Tensor which, index_t head, index_t dst, 
     T* to = kv.span(which, head, dst).data();
     const T* from = kv.span(which, head, src).data();
     if (contiguous) {
-      std::memmove(to, from, static_cast<std::size_t>(chunk * width) * sizeof(T));
+      copy_forward(reinterpret_cast<std::byte*>(to), reinterpret_cast<const std::byte*>(from),
+                   static_cast<std::size_t>(chunk * width) * sizeof(T));
     } else {  // distinct tokens of one head never overlap (validated by the view)
       for (index_t i = 0; i < chunk; ++i)
         std::memcpy(to + i * s.token_stride, from + i * s.token_stride,
@@ -71,6 +97,12 @@ void move_kept(const KVCache<T>& kv, Tensor which, index_t head, std::span<const
     index_t j = i + 1;
     while (j < n && kept[static_cast<std::size_t>(j)] == kept[static_cast<std::size_t>(j - 1)] + 1)
       ++j;
+    // The sources of a scattered selection are a forward stream with gaps that hardware
+    // prefetchers follow poorly; fetching the token 16 kept tokens ahead made a random half
+    // ~10% faster (bench BM_Compact).
+    if (j + 16 < n)
+      prefetch(kv.span(which, head, kept[static_cast<std::size_t>(j + 16)]).data(),
+               width * static_cast<index_t>(sizeof(T)));
     move_tokens(kv, which, head, i, kept[static_cast<std::size_t>(i)], j - i, width);
     i = j;
   }
@@ -86,10 +118,11 @@ void move_kept(const KVCache<T>& kv, Tensor which, index_t head, std::span<const
 /// heads' spans are untouched. A paged cache never writes its `read_only_pages` (shared prefix
 /// pages): a selection that would is rejected before anything is written.
 ///
-/// Complexity O(kept · head_dim) copies, as memmoves of maximal runs (a shared selection over
-/// NHD rows with adjacent heads moves whole token rows). Allocation: only `out`'s vectors, which
-/// keep their capacity when `out` is reused. Throws `kvevict::error` for a selection that does
-/// not match the view (heads, token count, order, range).
+/// Complexity O(kept · head_dim) copies, one forward copy per maximal run of consecutive kept
+/// tokens (a shared selection over NHD rows with adjacent heads moves whole token rows).
+/// Allocation: only `out`'s vectors, which keep their capacity when `out` is reused. Throws
+/// `kvevict::error` for a selection that does not match the view (heads, token count, order,
+/// range).
 template <Element T>
 void compact(const KVCache<T>& kv, const Selection& sel, Compaction& out) {
   sel.validate();

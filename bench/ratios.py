@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""Prints the ratios the issues ask for from a Google Benchmark JSON file (standard library only).
+
+usage: bench/ratios.py build/release/bench.json
+"""
+import json
+import statistics
+import sys
+
+
+def main(path):
+    """With --benchmark_repetitions, every figure is the median over the repetitions."""
+    reps = {}
+    for b in json.load(open(path))["benchmarks"]:
+        if b.get("run_type") != "aggregate":
+            reps.setdefault(b.get("run_name", b["name"]), []).append(b)
+    runs = {}
+    for name, rs in reps.items():
+        runs[name] = {k: statistics.median(r[k] for r in rs) for k in ("real_time", "FLOPS", "bytes_per_second") if k in rs[0]}
+    flops = lambda name: runs[name]["FLOPS"] if name in runs else None
+    bps = lambda name: runs[name]["bytes_per_second"] if name in runs else None
+    time = lambda name: runs[name]["real_time"] if name in runs else None
+    gemm, copy = flops("BM_Ceiling_Sgemm1024"), bps("BM_Ceiling_Memcpy")
+    print("ceilings:", f"sgemm {gemm / 1e9:.1f} GFLOP/s" if gemm else "no sgemm",
+          f"memcpy {copy / 1e9:.2f} GB/s" if copy else "no memcpy")
+    for name in sorted(runs):
+        r = runs[name]
+        if "FLOPS" in r and gemm and name != "BM_Ceiling_Sgemm1024":
+            print(f"{name:34s} {r['FLOPS'] / 1e9:7.1f} GFLOP/s = {r['FLOPS'] / gemm:6.1%} of sgemm")
+        elif "bytes_per_second" in r and copy and name != "BM_Ceiling_Memcpy":
+            print(f"{name:34s} {r['bytes_per_second'] / 1e9:7.2f} GB/s    = {r['bytes_per_second'] / copy:6.1%} of memcpy")
+    for n in (4096, 32768):
+        select, score = time(f"BM_SnapKV_PoolSelect/{n}"), time(f"BM_Score_Window/{n}")
+        if select and score:
+            print(f"pooling + selection / scoring at n={n}: {select / score:.1%}")
+        attention = time(f"BM_Attention_Step/{n}")
+        for policy in ("H2O", "TOVA", "StreamingLLM", "CORM"):
+            step = time(f"BM_Step_{policy}/{n}")
+            if step and attention:
+                print(f"{policy} step / attention step at n={n}: {step / attention:.1%}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "build/release/bench.json")
