@@ -29,6 +29,7 @@
 #include "kernels/topk.hpp"
 
 // Policies.
+#include "policies/h2o.hpp"
 #include "policies/random_eviction.hpp"
 #include "policies/snapkv.hpp"
 #include "policies/streaming_llm.hpp"

@@ -71,13 +71,16 @@ class QueryWindow {
     return {data_ + head * head_stride_ + i * position_stride_,
             static_cast<std::size_t>(head_dim_)};
   }
-  /// The last `count` queries of the window (a sub-window ending at the same position).
-  QueryWindow last(index_t count) const {
-    if (count < 1 || count > window_)
-      detail::fail("queries.window", detail::cat("at least ", count, " queries"), window_);
-    return QueryWindow(data_ + (window_ - count) * position_stride_, q_heads_, count, head_dim_,
-                       head_stride_, position_stride_);
+  /// Queries [first, first + count) of the window, as a window of their own.
+  QueryWindow sub(index_t first, index_t count) const {
+    if (first < 0 || count < 1 || first + count > window_)
+      detail::fail("queries.window", detail::cat("queries [", first, ", ", first + count, ")"),
+                   window_, " queries");
+    return QueryWindow(data_ + first * position_stride_, q_heads_, count, head_dim_, head_stride_,
+                       position_stride_);
   }
+  /// The last `count` queries of the window (a sub-window ending at the same position).
+  QueryWindow last(index_t count) const { return sub(window_ - count, count); }
 
   /// First element of head h's queries; consecutive queries are `position_stride` apart.
   const T* head_data(index_t head) const noexcept { return data_ + head * head_stride_; }

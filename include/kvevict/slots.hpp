@@ -100,6 +100,52 @@ class SlotTable {
   std::vector<std::int64_t> last_;
 };
 
+/// Which slots of each stored head are protected from eviction: the first `sinks` tokens ever
+/// appended and the last `recent` ones (a ring of slots). O(1) per append; allocates in `start`.
+class Protection {
+ public:
+  void start(index_t heads, index_t slots, index_t sinks, index_t recent) {
+    slots_ = slots;
+    sinks_ = sinks;
+    recent_ = recent;
+    seen_ = 0;
+    next_ = 0;
+    ring_.assign(static_cast<std::size_t>(heads * std::max<index_t>(recent, 1)), -1);
+    flag_.assign(static_cast<std::size_t>(heads * slots), 0);
+  }
+  /// Records that `slot` of head h now holds the newest token (call once per head and token,
+  /// then `next_token`).
+  void on_append(index_t h, token_t slot) noexcept {
+    std::uint8_t& f = flag_[static_cast<std::size_t>(h * slots_ + slot)];
+    f = 0;
+    if (seen_ < sinks_) {
+      f |= sink_bit;
+    } else if (recent_ > 0) {
+      token_t& entry = ring_[static_cast<std::size_t>(h * recent_ + next_)];
+      if (entry >= 0) flag_[static_cast<std::size_t>(h * slots_ + entry)] &= ~recent_bit;
+      entry = slot;
+      f |= recent_bit;
+    }
+  }
+  /// Advances to the next token (after `on_append` for every head).
+  void next_token() noexcept {
+    if (seen_ < sinks_) {
+      ++seen_;
+    } else if (recent_ > 0) {
+      next_ = (next_ + 1) % recent_;
+    }
+  }
+  bool protects(index_t h, index_t slot) const noexcept {
+    return flag_[static_cast<std::size_t>(h * slots_ + slot)] != 0;
+  }
+
+ private:
+  static constexpr std::uint8_t sink_bit = 1, recent_bit = 2;
+  index_t slots_ = 0, sinks_ = 0, recent_ = 0, seen_ = 0, next_ = 0;
+  std::vector<token_t> ring_;
+  std::vector<std::uint8_t> flag_;
+};
+
 /// Takes a slot for `position` in every stored head of `table` and writes the slot of each KV
 /// head into `out` (one stored head: the same slot for all). Returns `out`.
 inline std::span<const token_t> append_to_slots(SlotTable& table, std::vector<token_t>& out,

@@ -9,6 +9,7 @@
 #include <numeric>
 #include <span>
 #include <string_view>
+#include <vector>
 
 #include "../budget.hpp"
 #include "../error.hpp"
@@ -18,6 +19,7 @@
 #include "../query_window.hpp"
 #include "../random.hpp"
 #include "../selection.hpp"
+#include "../slots.hpp"
 #include "../workspace.hpp"
 
 namespace kvevict {
@@ -30,13 +32,17 @@ struct RandomEvictionParams {
   bool shared = false;     ///< One set for all heads (drawn from head 0's stream).
 };
 
-/// Random eviction: keeps the protected sinks and recent tokens, then B − sinks − recent of the
-/// others drawn uniformly without replacement (a partial Fisher–Yates shuffle), each KV head from
-/// its own stream `RandomStream(seed, layer, head)` — the same inputs and seed give the same
-/// selection. Reads no keys or queries.
+/// Random eviction: keeps the protected sinks and recent tokens, and otherwise chooses uniformly
+/// at random. Reads no keys or queries.
 ///
-/// - Complexity O(n) per head; scratch n bytes + (n − sinks − recent) ints from `ws`.
-/// - Errors: B < sinks + recent unless B ≥ n.
+/// - **One-shot**: B − sinks − recent of the unprotected tokens drawn uniformly without
+///   replacement (a partial Fisher–Yates shuffle), each KV head from its own stream
+///   `RandomStream(seed, layer, head)` — the same inputs and seed give the same selection.
+///   O(n) per head; scratch n bytes + n ints from `ws`.
+/// - **Streaming**: when more than B tokens are live, one unprotected live token, uniformly at
+///   random, leaves; each stored head draws from its own stream `RandomStream(seed, 0, head)`,
+///   advancing step by step. O(slots) per step; no allocation after `start`.
+/// - Errors: B < sinks + recent unless B ≥ n (one-shot); B < sinks + recent (streaming).
 class RandomEviction {
  public:
   static constexpr std::string_view name = "random";
@@ -76,8 +82,65 @@ class RandomEviction {
     }
   }
 
+  /// Starts a sequence keeping `budget` tokens per KV head in `budget + 1` slots.
+  void start(const StreamConfig& config) {
+    slots_ = detail::check_stream_config(config, /*needs_budget=*/true);
+    budget_ = config.budget;
+    detail::check_protected(budget_, params_.sinks + params_.recent, "sinks + recent");
+    const index_t stored = params_.shared ? 1 : config.kv_heads;
+    table_.start(stored, slots_);
+    protection_.start(stored, slots_, params_.sinks, params_.recent);
+    streams_.clear();
+    for (index_t h = 0; h < stored; ++h)
+      streams_.emplace_back(params_.seed, 0, static_cast<std::uint64_t>(h));
+    append_slots_.assign(static_cast<std::size_t>(config.kv_heads), 0);
+    evicted_.start(stored, params_.shared, 1);
+  }
+
+  /// The slot per KV head where the token at `position` goes.
+  std::span<const token_t> append(std::int64_t position) {
+    const auto slots = detail::append_to_slots(table_, append_slots_, position);
+    for (index_t h = 0; h < table_.heads(); ++h)
+      protection_.on_append(h, slots[static_cast<std::size_t>(params_.shared ? 0 : h)]);
+    protection_.next_token();
+    return slots;
+  }
+
+  /// Evicts one unprotected live token per stored head, uniformly, when over budget. Ignores
+  /// `rows`.
+  Evictions observe(const AttentionRows& /*rows*/) {
+    evicted_.clear();
+    for (index_t h = 0; h < table_.heads(); ++h) {
+      if (table_.size(h) <= budget_) continue;
+      index_t candidates = 0;
+      for (index_t s = 0; s < slots_; ++s)
+        candidates += table_.live(h, s) && !protection_.protects(h, s);
+      auto pick = static_cast<index_t>(streams_[static_cast<std::size_t>(h)].next() %
+                                       static_cast<std::uint64_t>(candidates));
+      for (index_t s = 0; s < slots_; ++s) {
+        if (!table_.live(h, s) || protection_.protects(h, s) || pick-- > 0) continue;
+        table_.release(h, static_cast<token_t>(s));
+        evicted_.push(h, static_cast<token_t>(s));
+        break;
+      }
+    }
+    return evicted_.view();
+  }
+
+  index_t slots() const noexcept { return slots_; }
+  index_t size(index_t head) const noexcept { return table_.size(params_.shared ? 0 : head); }
+  std::int64_t position(index_t head, index_t slot) const noexcept {
+    return table_.position(params_.shared ? 0 : head, slot);
+  }
+
  private:
   Params params_;
+  index_t slots_ = 0, budget_ = 0;
+  detail::SlotTable table_;
+  detail::Protection protection_;
+  std::vector<RandomStream> streams_;
+  std::vector<token_t> append_slots_;
+  detail::EvictionList evicted_;
 };
 
 }  // namespace kvevict
