@@ -77,6 +77,7 @@ class Cli : public ::testing::Test {
     save("v_short.npy", {2, 39, 8}, false);
     save("q_dim.npy", {4, 8, 6}, false);
     save("q_heads.npy", {3, 8, 8}, false);
+    save("q_all.npy", {4, 40, 8}, false);
     auto bad = k_;
     bad[static_cast<std::size_t>(1 * 320 + 5 * 8 + 2)] = std::numeric_limits<float>::infinity();
     const std::vector<index_t> shape{2, 40, 8};
@@ -151,6 +152,27 @@ TEST_F(Cli, ListShowsEveryPolicyAndItsDefaults) {
   EXPECT_NE(r.out.find("kernel             7"), std::string::npos) << r.out;
 }
 
+TEST_F(Cli, ReplayReportsKeptTokensAndErrors) {
+  Result r = run("replay --policy streaming_llm --budget 10 --set sinks=2 " +
+                 inputs("k.npy", "v.npy", "q_all.npy"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"kept\": [[0, 1, 32, 33, 34, 35, 36, 37, 38, 39], [0, 1, 32, 33, 34, 35, "
+                       "36, 37, 38, 39]]"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("\"step_error\": [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, "), std::string::npos)
+      << r.out;
+  r = run("replay --policy h2o --budget 40 " + inputs("k.npy", "v.npy", "q_all.npy"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"error\": {\"mean\": 0, \"max\": 0}"), std::string::npos) << r.out;
+  r = run("replay --policy h2o --budget 10 " + inputs());  // Q of the window only
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err,
+            "kvevict: queries: expected one query per position: [q_heads, 40, 8], got [4, 8, 8]\n");
+  r = run("replay --policy tova " + inputs("k.npy", "v.npy", "q_all.npy"));
+  EXPECT_EQ(r.err, "kvevict: budget: expected a token budget for tova, got none\n");
+}
+
 // Every bad input exits non-zero with one line naming what is wrong, and writes nothing.
 TEST_F(Cli, BadInputExitsWithOneLineAndWritesNothing) {
   const std::string out = path("never.json");
@@ -182,13 +204,13 @@ TEST_F(Cli, BadInputExitsWithOneLineAndWritesNothing) {
       {"select --policy snapkv --budget 10 --set window=x " + inputs(),
        "kvevict: window: expected an integer, got 'x'\n"},
       {"select --policy h3o --budget 10 " + inputs(),
-       "kvevict: --policy: expected one of streaming_llm, random, snapkv, tova, got 'h3o'\n"},
+       "kvevict: --policy: expected one of streaming_llm, random, snapkv, tova, h2o, got 'h3o'\n"},
       {"select --policy snapkv --budget 10 --bogus 1 " + inputs(),
        "kvevict: arguments: expected one of --policy --keys --values --queries --budget --ratio "
        "--set --seed --shared --out, got '--bogus'\n"},
       {"select --policy snapkv --budget 10 --keys " + path("k.npy"),
        "kvevict: --values: expected to be given, got nothing\n"},
-      {"frobnicate", "kvevict: command: expected list or select, got 'frobnicate'\n"},
+      {"frobnicate", "kvevict: command: expected list, select or replay, got 'frobnicate'\n"},
   };
   for (const auto& [args, message] : cases) {
     fs::remove(out);

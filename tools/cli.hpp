@@ -255,5 +255,7 @@ inline void emit(const Args& args, const std::string& text) {
 int list();
 /// `kvevict select …`.
 int select(int argc, char** argv);
+/// `kvevict replay …`.
+int replay(int argc, char** argv);
 
 }  // namespace kvevict::cli

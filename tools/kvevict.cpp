@@ -14,9 +14,12 @@ constexpr const char* usage =
     "  kvevict select --policy NAME --keys K.npy --values V.npy --queries Q.npy\n"
     "                 (--budget N | --ratio R) [--set key=value]... [--seed S] [--shared]\n"
     "                 [--out OUT.json]\n"
+    "  kvevict replay --policy NAME --keys K.npy --values V.npy --queries Q.npy [--budget N]\n"
+    "                 [--set key=value]... [--seed S] [--shared] [--window W] [--out OUT.json]\n"
     "\n"
     "Arrays: C-order little-endian float32 or float16 .npy; K, V [kv_heads, n, d];\n"
-    "Q [q_heads, w, d], the queries of positions n-w … n-1.\n";
+    "select: Q [q_heads, w, d], the queries of positions n-w … n-1.\n"
+    "replay: Q [q_heads, n, d], the query of every position.\n";
 
 }  // namespace
 
@@ -29,7 +32,9 @@ int main(int argc, char** argv) {
   try {
     if (command == "list") return kvevict::cli::list();
     if (command == "select") return kvevict::cli::select(argc, argv);
-    std::fprintf(stderr, "kvevict: command: expected list or select, got '%s'\n", command.c_str());
+    if (command == "replay") return kvevict::cli::replay(argc, argv);
+    std::fprintf(stderr, "kvevict: command: expected list, select or replay, got '%s'\n",
+                 command.c_str());
     return 2;
   } catch (const kvevict::error& e) {
     std::fprintf(stderr, "kvevict: %s\n", e.what());

@@ -5,6 +5,7 @@
 /// \file
 /// \brief Driving a `StreamingPolicy` from the query instead of engine-computed probabilities.
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -18,16 +19,17 @@
 namespace kvevict {
 
 /// Computes the attention of the new token's query over the policy's live slots —
-/// `softmax(q · kᵀ / √d)` in fp32 per query head, free slots masked — and passes it to
-/// `policy.observe`. For engines that do not hand their attention probabilities out.
+/// `softmax(q · kᵀ / √d)` in fp32 per query head, free slots masked to 0 — into `rows`
+/// (q_heads · slots floats), and returns them as `AttentionRows` for `policy.observe`.
 ///
 /// `kv` views the engine's slots (`tokens == policy.slots()`); `query` holds one query per query
 /// head (`window == 1`). Complexity O(q_heads · slots · head_dim), the cost of the attention
-/// step itself. Scratch: q_heads · slots floats from `ws` (no allocation once warm). Throws
+/// step itself. Scratch: 2 · head_dim floats from `ws` (no allocation once warm). Throws
 /// `kvevict::error` for mismatched shapes or a non-finite logit (NaN/inf in the keys or query).
 template <class P, Element T>
-requires StreamingPolicy<P, T> Evictions observe_query(P& policy, const KVCache<T>& kv,
-                                                       const QueryWindow<T>& query, Workspace& ws) {
+requires StreamingPolicy<P, T> AttentionRows attention_rows(const P& policy, const KVCache<T>& kv,
+                                                            const QueryWindow<T>& query,
+                                                            std::span<float> rows, Workspace& ws) {
   const index_t slots = policy.slots();
   if (kv.tokens() != slots)
     detail::fail("kv.tokens", detail::cat("the policy's slots (", slots, ")"), kv.tokens());
@@ -35,10 +37,12 @@ requires StreamingPolicy<P, T> Evictions observe_query(P& policy, const KVCache<
     detail::fail("queries.window", "1 (the new token's query)", query.window());
   const index_t g = check_window(kv, query);
   const index_t d = kv.head_dim(), q_heads = query.q_heads();
+  if (static_cast<index_t>(rows.size()) != q_heads * slots)
+    detail::fail("rows", detail::cat("q_heads · slots (", q_heads * slots, ") floats"),
+                 rows.size());
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
 
   Workspace::Frame frame(ws);
-  const auto rows = ws.take<float>(q_heads * slots);
   const auto q = ws.take<float>(d);
   const auto k = ws.take<float>(d);
   for (index_t h = 0; h < q_heads; ++h) {
@@ -51,16 +55,94 @@ requires StreamingPolicy<P, T> Evictions observe_query(P& policy, const KVCache<
         continue;
       }
       to_float(kv.key(kvh, s).data(), k.data(), d);
-      float dot = 0.0f;
-      for (index_t i = 0; i < d; ++i)
-        dot += q[static_cast<std::size_t>(i)] * k[static_cast<std::size_t>(i)];
-      row[s] = dot * scale;
+      row[s] = dot(q.data(), k.data(), d) * scale;
     }
     if (!softmax_inplace({row, static_cast<std::size_t>(slots)}))
       detail::fail("queries", "finite attention logits (finite keys and query)",
                    "a NaN or inf for query head ", h);
   }
-  return policy.observe({rows.data(), q_heads, slots, slots});
+  return {rows.data(), q_heads, slots, slots};
 }
+
+/// `attention_rows` then `policy.observe`: drives a streaming policy from the query, for
+/// engines that do not hand their attention probabilities out. Scratch: q_heads · slots +
+/// 2 · head_dim floats from `ws`.
+template <class P, Element T>
+requires StreamingPolicy<P, T> Evictions observe_query(P& policy, const KVCache<T>& kv,
+                                                       const QueryWindow<T>& query, Workspace& ws) {
+  Workspace::Frame frame(ws);
+  const auto rows = ws.take<float>(query.q_heads() * policy.slots());
+  return policy.observe(attention_rows(policy, kv, query, rows, ws));
+}
+
+/// Drives a streaming policy over one sequence's slots in an engine's memory: append the new
+/// token's key and value where the policy says, feed the step's attention (the engine's
+/// probabilities, or the query), and report the slots that left. Owns nothing — the policy,
+/// the memory and the workspace are the caller's — and allocates nothing per step.
+///
+/// Eviction moves no data: an evicted slot is simply free, and the policy hands it to the next
+/// `append`, so the engine's cache never holds more than `policy.slots()` tokens. An engine's
+/// attention kernel must skip free slots; `live(head, slot)` (or `policy.position(head, slot)
+/// >= 0`) says which are live.
+///
+/// **Example** (vLLM-style paged cache; see examples/paged_streaming.cpp):
+/// \code
+/// kvevict::H2O h2o;
+/// h2o.start({.kv_heads = 8, .q_heads = 32, .budget = 1024});
+/// kvevict::KVCache<Eigen::half> slots(K, V, {.kv_heads = 8, .tokens = h2o.slots(),
+///                                     .head_dim = 128}, {block_table, 16, pool_blocks});
+/// kvevict::StreamDriver driver(h2o, slots);
+/// for (std::int64_t pos = 0; generating(); ++pos) {
+///   driver.append(pos, new_keys, new_values);   // [kv_heads][head_dim] each
+///   driver.observe(query, ws);                  // or driver.observe(engine_probabilities)
+/// }
+/// \endcode
+template <class P, Element T>
+requires StreamingPolicy<P, T>
+class StreamDriver {
+ public:
+  /// `slots` views the sequence's slot memory: `slots.tokens() == policy.slots()` (after
+  /// `policy.start`).
+  StreamDriver(P& policy, const KVCache<T>& slots) : policy_(policy), slots_(slots) {
+    if (slots.tokens() != policy.slots())
+      detail::fail("slots.tokens", detail::cat("the policy's slots (", policy.slots(), ")"),
+                   slots.tokens());
+  }
+
+  /// Writes the new token's keys (`kv_heads · head_dim` elements, head-major) and values
+  /// (`kv_heads · head_dim_v`) into the slots the policy gives, and returns those slots.
+  std::span<const token_t> append(std::int64_t position, std::span<const T> keys,
+                                  std::span<const T> values) {
+    const index_t heads = slots_.kv_heads(), d = slots_.head_dim(), dv = slots_.head_dim_v();
+    if (static_cast<index_t>(keys.size()) != heads * d)
+      detail::fail("keys", detail::cat("kv_heads · head_dim (", heads * d, ") elements"),
+                   keys.size());
+    if (static_cast<index_t>(values.size()) != heads * dv)
+      detail::fail("values", detail::cat("kv_heads · head_dim_v (", heads * dv, ") elements"),
+                   values.size());
+    const auto slot = policy_.append(position);
+    for (index_t h = 0; h < heads; ++h) {
+      const auto s = slot[static_cast<std::size_t>(h)];
+      std::copy_n(keys.data() + h * d, d, slots_.key(h, s).data());
+      std::copy_n(values.data() + h * dv, dv, slots_.value(h, s).data());
+    }
+    return slot;
+  }
+
+  /// The step's attention as the engine computed it (over the slots, the new one included).
+  Evictions observe(const AttentionRows& rows) { return policy_.observe(rows); }
+
+  /// The step's attention computed here from the new token's query (`window == 1`).
+  Evictions observe(const QueryWindow<T>& query, Workspace& ws) {
+    return observe_query(policy_, slots_, query, ws);
+  }
+
+  /// True when `slot` of `head` holds a token.
+  bool live(index_t head, index_t slot) const noexcept { return policy_.position(head, slot) >= 0; }
+
+ private:
+  P& policy_;
+  KVCache<T> slots_;
+};
 
 }  // namespace kvevict

@@ -24,8 +24,11 @@
 
 namespace kvevict::eval {
 
+/// `key=value` parameter settings, as `--set` gives them.
+using Settings = std::vector<std::pair<std::string, std::string>>;
+
 /// A policy of any kind, configured.
-using AnyPolicy = std::variant<StreamingLLM, RandomEviction, SnapKV, TOVA>;
+using AnyPolicy = std::variant<StreamingLLM, RandomEviction, SnapKV, TOVA, H2O>;
 
 /// One parameter of a policy's `Params`, by pointer to member.
 template <class Params>
@@ -79,6 +82,17 @@ struct PolicyTraits<TOVA> {
   static constexpr std::string_view summary =
       "last query's head-mean attention, shared set (Oren et al. 2024)";
   static std::vector<Field<Params>> fields() { return {}; }
+};
+
+template <>
+struct PolicyTraits<H2O> {
+  using Params = H2O::Params;
+  static constexpr std::string_view summary =
+      "accumulated attention heavy hitters + recent window (Zhang et al. 2023)";
+  static std::vector<Field<Params>> fields() {
+    return {{"recent", &Params::recent, "recent window R (-1: half the budget)"},
+            {"reduce", &Params::reduce, "GQA reduction per query: mean, max or sum"}};
+  }
 };
 
 namespace detail {
@@ -159,9 +173,12 @@ std::string json_value(const Params& p, const Field<Params>& f) {
         const V& v = p.*member;
         if constexpr (std::is_same_v<V, bool>)
           return v ? "true" : "false";
-        else if constexpr (std::is_same_v<V, Pool> || std::is_same_v<V, GroupReduce>)
-          return "\"" + std::string(to_string(v)) + "\"";
-        else if constexpr (std::is_same_v<V, double>)
+        else if constexpr (std::is_same_v<V, Pool> || std::is_same_v<V, GroupReduce>) {
+          std::string quoted(1, '"');  // appended piecewise: GCC 12's -Wrestrict misfires on +
+          quoted += to_string(v);
+          quoted += '"';
+          return quoted;
+        } else if constexpr (std::is_same_v<V, double>)
           return cat(v);
         else
           return std::to_string(v);
@@ -193,8 +210,7 @@ inline std::vector<std::string_view> policy_names() {
 /// draw random numbers; `shared` selects one set for all heads where a policy offers both.
 /// Throws `kvevict::error` for an unknown policy, an unknown parameter (the message lists the
 /// known ones) or a value that does not parse or validate.
-inline AnyPolicy make_policy(std::string_view name,
-                             std::span<const std::pair<std::string, std::string>> settings,
+inline AnyPolicy make_policy(std::string_view name, const Settings& settings = {},
                              std::uint64_t seed = 0, bool shared = false) {
   std::optional<AnyPolicy> out;
   for_each_policy([&]<class P>() {

@@ -31,6 +31,7 @@
 #include "../kv_cache.hpp"
 #include "../query_window.hpp"
 #include "../workspace.hpp"
+#include "softmax.hpp"
 
 namespace kvevict {
 
@@ -54,33 +55,6 @@ struct WindowAttention {
 };
 
 namespace detail {
-
-/// exp(x) for x ≤ 0 in fp32, to ~2e-7 relative: Cody–Waite reduction x = k·ln2 + r with
-/// |r| ≤ ln2/2, a degree-6 Taylor polynomial for exp(r), and 2^k built from exponent bits.
-/// x ≤ −87 (and −inf, masked keys) gives exactly 0. The clamp and the zeroing are integer
-/// operations on the bits (for x ≤ 0 a larger bit pattern is a more negative number): float
-/// selects would not vectorise under the default -ftrapping-math, these do with any SIMD the
-/// engine compiles for (at -O3). Several times faster than a libm call or Eigen's `exp` here.
-/// A NaN input gives an unspecified value (the caller has already rejected non-finite logits).
-inline float exp_nonpositive(float x) noexcept {
-  constexpr std::uint32_t lowest = 0xC2AE0000u;  // the bits of −87.0f
-  const auto u = std::bit_cast<std::uint32_t>(x);
-  const float xc = std::bit_cast<float>(u < lowest ? u : lowest);
-  const float shifted = xc * 1.44269504088896341f + 12582912.0f;  // 1.5·2^23: round to integer
-  const float k = shifted - 12582912.0f;
-  const float r = (xc - k * 0.693145751953125f) - k * 1.428606765330187e-06f;  // ln2 hi + lo
-  float p = 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const std::int32_t ki = std::bit_cast<std::int32_t>(shifted) - 0x4b400000;  // k in [−126, 0]
-  const float v = p * std::bit_cast<float>((ki + 127) << 23);
-  const std::uint32_t keep = 0u - static_cast<std::uint32_t>(u < lowest);
-  return std::bit_cast<float>(std::bit_cast<std::uint32_t>(v) & keep);
-}
 
 /// Reports the first non-finite query or key element of KV head `kvh`'s group (slow path).
 template <Element T>
