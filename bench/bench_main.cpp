@@ -153,6 +153,64 @@ void BM_Select_SnapKV_F16(benchmark::State& state) {
 }
 BENCHMARK(BM_Select_SnapKV_F16)->Arg(32768)->Unit(benchmark::kMillisecond);
 
+// ---- decode steps: a streaming policy's bookkeeping against the attention step it rides on ----
+
+/// One decode attention step at n cached tokens: for each query head, q·Kᵀ, softmax, ·V (fp32
+/// storage, HND; each GQA group's 4 queries as one skinny GEMM). Reads all of K and V.
+void BM_Attention_Step(benchmark::State& state) {
+  const index_t n = state.range(0), g = kQHeads / kKVHeads;
+  Problem<float> p(n);
+  using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  Eigen::MatrixXf logits(n, g), out(kDim, g);
+  for (auto _ : state) {
+    for (index_t kvh = 0; kvh < kKVHeads; ++kvh) {
+      const Eigen::Map<const RowMatrix> k(p.kv->key(kvh, 0).data(), n, kDim);
+      const Eigen::Map<const RowMatrix> v(p.kv->value(kvh, 0).data(), n, kDim);
+      const Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>> q(
+          p.window->query(kvh * g, 0).data(), g, kDim, Eigen::OuterStride<>(kWindow * kDim));
+      logits.noalias() = k * q.transpose();
+      for (index_t h = 0; h < g; ++h)
+        kvevict::softmax_inplace({logits.col(h).data(), static_cast<std::size_t>(n)});
+      out.noalias() = v.transpose() * logits;
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+}
+BENCHMARK(BM_Attention_Step)->Arg(4096)->Arg(32768)->Unit(benchmark::kMicrosecond);
+
+/// One steady-state step of a streaming policy with the engine's probabilities given: the new
+/// token's `append` and an `observe` that evicts one token per head from a full cache of n.
+template <class P>
+void policy_step(benchmark::State& state, P policy) {
+  const index_t n = state.range(0);
+  policy.start({.kv_heads = kKVHeads, .q_heads = kQHeads, .budget = n - 1});
+  std::vector<float> rows(static_cast<std::size_t>(kQHeads * n));
+  kvevict::RandomStream rng(3, 0, 0);
+  for (float& x : rows) x = static_cast<float>(rng.uniform()) / static_cast<float>(n);
+  const kvevict::AttentionRows view{rows.data(), kQHeads, n, n};
+  std::int64_t pos = 0;
+  for (; pos < n - 1; ++pos) {  // fill to the budget
+    policy.append(pos);
+    policy.observe(view);
+  }
+  for (auto _ : state) {
+    policy.append(pos++);
+    benchmark::DoNotOptimize(policy.observe(view).slots.data());
+  }
+}
+void BM_Step_H2O(benchmark::State& state) {
+  policy_step(state, kvevict::H2O());
+}
+void BM_Step_TOVA(benchmark::State& state) {
+  policy_step(state, kvevict::TOVA());
+}
+void BM_Step_StreamingLLM(benchmark::State& state) {
+  policy_step(state, kvevict::StreamingLLM());
+}
+BENCHMARK(BM_Step_H2O)->Arg(4096)->Arg(32768)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Step_TOVA)->Arg(4096)->Arg(32768)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Step_StreamingLLM)->Arg(4096)->Arg(32768)->Unit(benchmark::kMicrosecond);
+
 // ---- compaction --------------------------------------------------------------------------------
 
 /// Compacts the kept half of an n-token, 8-head, d = 128 fp32 HND cache in place: every head
