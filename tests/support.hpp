@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <numeric>
@@ -189,6 +190,43 @@ auto snapshot(const KVCache<T>& kv) {
     for (index_t t = 0; t < kv.tokens(); ++t) {
       for (T x : kv.key(h, t)) out.push_back(bits(x));
       for (T x : kv.value(h, t)) out.push_back(bits(x));
+    }
+  return out;
+}
+
+/// Naive reference: out[h][j] = reduce_i c_i A_h[i, j], all in double, from float inputs.
+inline std::vector<double> reference_attention(const KVCache<float>& kv,
+                                               const std::vector<float>& q, index_t q_heads,
+                                               index_t w, WindowReduce reduce, bool causal,
+                                               const std::vector<float>& weights) {
+  const index_t n = kv.tokens(), d = kv.head_dim(), g = q_heads / kv.kv_heads();
+  std::vector<double> out(static_cast<std::size_t>(q_heads * n), 0.0);
+  std::vector<double> logit(static_cast<std::size_t>(n));
+  for (index_t h = 0; h < q_heads; ++h)
+    for (index_t i = 0; i < w; ++i) {
+      const index_t visible = causal ? n - w + i + 1 : n;
+      double max = -INFINITY;
+      for (index_t j = 0; j < visible; ++j) {
+        double dot = 0;
+        for (index_t e = 0; e < d; ++e)
+          dot += static_cast<double>(q[static_cast<std::size_t>((h * w + i) * d + e)]) *
+                 kv.key(h / g, j)[static_cast<std::size_t>(e)];
+        logit[static_cast<std::size_t>(j)] = dot / std::sqrt(static_cast<double>(d));
+        max = std::max(max, logit[static_cast<std::size_t>(j)]);
+      }
+      double sum = 0;
+      for (index_t j = 0; j < visible; ++j)
+        sum += std::exp(logit[static_cast<std::size_t>(j)] - max);
+      const double c = weights.empty() ? 1.0 : weights[static_cast<std::size_t>(i)];
+      for (index_t j = 0; j < n; ++j) {
+        const double p =
+            j < visible ? std::exp(logit[static_cast<std::size_t>(j)] - max) / sum : 0.0;
+        double& o = out[static_cast<std::size_t>(h * n + j)];
+        if (reduce == WindowReduce::max)
+          o = std::max(o, c * p);
+        else
+          o += reduce == WindowReduce::mean ? c * p / static_cast<double>(w) : c * p;
+      }
     }
   return out;
 }

@@ -8,42 +8,6 @@
 namespace kvevict::test {
 namespace {
 
-/// Naive reference: out[h][j] = reduce_i c_i A_h[i, j], all in double, from float inputs.
-std::vector<double> reference_attention(const KVCache<float>& kv, const std::vector<float>& q,
-                                        index_t q_heads, index_t w, WindowReduce reduce,
-                                        bool causal, const std::vector<float>& weights) {
-  const index_t n = kv.tokens(), d = kv.head_dim(), g = q_heads / kv.kv_heads();
-  std::vector<double> out(static_cast<std::size_t>(q_heads * n), 0.0);
-  std::vector<double> logit(static_cast<std::size_t>(n));
-  for (index_t h = 0; h < q_heads; ++h)
-    for (index_t i = 0; i < w; ++i) {
-      const index_t visible = causal ? n - w + i + 1 : n;
-      double max = -INFINITY;
-      for (index_t j = 0; j < visible; ++j) {
-        double dot = 0;
-        for (index_t e = 0; e < d; ++e)
-          dot += static_cast<double>(q[static_cast<std::size_t>((h * w + i) * d + e)]) *
-                 kv.key(h / g, j)[static_cast<std::size_t>(e)];
-        logit[static_cast<std::size_t>(j)] = dot / std::sqrt(static_cast<double>(d));
-        max = std::max(max, logit[static_cast<std::size_t>(j)]);
-      }
-      double sum = 0;
-      for (index_t j = 0; j < visible; ++j)
-        sum += std::exp(logit[static_cast<std::size_t>(j)] - max);
-      const double c = weights.empty() ? 1.0 : weights[static_cast<std::size_t>(i)];
-      for (index_t j = 0; j < n; ++j) {
-        const double p =
-            j < visible ? std::exp(logit[static_cast<std::size_t>(j)] - max) / sum : 0.0;
-        double& o = out[static_cast<std::size_t>(h * n + j)];
-        if (reduce == WindowReduce::max)
-          o = std::max(o, c * p);
-        else
-          o += reduce == WindowReduce::mean ? c * p / static_cast<double>(w) : c * p;
-      }
-    }
-  return out;
-}
-
 template <class A, class B>
 double relative_error(const A& got, const B& want) {
   double err = 0, norm = 0;
@@ -70,6 +34,7 @@ TYPED_TEST(WindowAttentionTest, MatchesTheDoubleReference) {
     WindowReduce reduce;
     bool causal;
     bool weighted;
+    index_t rows_per_pass = 128;
   };
   const Case cases[] = {
       {Layout::hnd, 2, 4, 300, 16, 32, 64, WindowReduce::mean, true, false},
@@ -78,10 +43,15 @@ TYPED_TEST(WindowAttentionTest, MatchesTheDoubleReference) {
       {Layout::cells, 3, 1, 40, 40, 8, 256, WindowReduce::max, true, true},
       {Layout::vllm_blocks, 1, 3, 513, 1, 64, 256, WindowReduce::sum, true, false},
       {Layout::padded, 2, 2, 77, 9, 12, 16, WindowReduce::mean, true, true},
+      // Passes of a few rows, splitting heads across passes (NACL's large proxy windows).
+      {Layout::hnd, 2, 4, 150, 12, 16, 32, WindowReduce::mean, true, true, 5},
+      {Layout::paged_hnd, 1, 2, 90, 30, 8, 64, WindowReduce::max, false, true, 7},
+      {Layout::nhd, 2, 3, 64, 10, 8, 16, WindowReduce::sum, true, false, 1},
   };
   for (const Case& c : cases) {
-    SCOPED_TRACE(::testing::Message() << layout_name(c.layout) << " n=" << c.n << " w=" << c.w
-                                      << " g=" << c.g << " block=" << c.block);
+    SCOPED_TRACE(::testing::Message()
+                 << layout_name(c.layout) << " n=" << c.n << " w=" << c.w << " g=" << c.g
+                 << " block=" << c.block << " rows_per_pass=" << c.rows_per_pass);
     auto original = make_cache<float>(Layout::hnd, c.kv_heads, c.n, c.d, c.d, 99);
     auto stored = make_cache<T>(c.layout, c.kv_heads, c.n, c.d, c.d, 99);
     const index_t q_heads = c.kv_heads * c.g;

@@ -52,6 +52,9 @@ struct WindowAttention {
   std::span<const float> query_weights = {};
   /// Keys per GEMM block (a tuning knob; results do not depend on it beyond rounding).
   index_t block = 256;
+  /// Softmax rows (GQA group members × window queries) per pass: bounds the scratch memory to
+  /// rows_per_pass · n floats; more rows per pass read the keys fewer times.
+  index_t rows_per_pass = 128;
 };
 
 namespace detail {
@@ -108,117 +111,138 @@ Eigen::Map<const Eigen::MatrixXf, 0, Eigen::OuterStride<>> key_block(const KVCac
 
 /// Writes `out[h · n + j] = reduce_i c_i · A_h[i, j]` for every query head h and token j, where
 /// `A_h = softmax(Q_h K_{h/g}ᵀ / √d)` row by row in fp32 (causal by default) and g =
-/// q_heads / kv_heads. `out` holds q_heads · n floats.
+/// q_heads / kv_heads. `out` holds q_heads · n floats. Weights c_i must be finite and ≥ 0.
+///
+/// Softmax rows are independent, so a group's g·w rows are processed in passes of at most
+/// `rows_per_pass`: each pass keeps its rows' exponentials (rows_per_pass · n floats) and adds
+/// its share of the window reduction to `out`. Large windows (NACL's proxies: 1% of n) cost no
+/// more memory, only a re-read of the group's keys per pass.
 ///
 /// Complexity: 2·w·n·d FLOPs per query head as blocked GEMMs, plus O(q_heads · w · n) for the
-/// exponentials. Scratch from `ws`: g·w·n floats (one group's exponentials) + O(g·w·(d +
-/// n / block) + block · d); nothing allocated once `ws` is warm. Throws `kvevict::error` for
-/// mismatched shapes or non-finite keys/queries (named, with the offending element). Single
-/// threaded.
+/// exponentials. Scratch from `ws`: min(g·w, rows_per_pass) · (n + d + n / block + 8) + block · d
+/// floats; nothing allocated once `ws` is warm. Throws `kvevict::error` for mismatched shapes,
+/// bad weights, or non-finite keys/queries (named, with the offending element). Single threaded.
 template <Element T>
 void window_attention(const KVCache<T>& kv, const QueryWindow<T>& queries,
                       const WindowAttention& options, std::span<float> out, Workspace& ws) {
   const index_t g = check_window(kv, queries);
   const index_t n = kv.tokens(), w = queries.window(), d = kv.head_dim();
-  const index_t q_heads = queries.q_heads(), rows = g * w;
+  const index_t q_heads = queries.q_heads(), group_rows = g * w;
   if (static_cast<index_t>(out.size()) != q_heads * n)
     detail::fail("out", detail::cat("q_heads * tokens (", q_heads * n, ") floats"), out.size());
   if (!options.query_weights.empty() && static_cast<index_t>(options.query_weights.size()) != w)
     detail::fail("query_weights", detail::cat("one weight per window query (", w, ")"),
                  options.query_weights.size());
+  for (float c : options.query_weights)
+    detail::require(std::isfinite(c) && c >= 0.0f, "query_weights", "finite weights >= 0", c);
   detail::require(options.block >= 1, "block", "block >= 1", options.block);
+  detail::require(options.rows_per_pass >= 1, "rows_per_pass", "rows_per_pass >= 1",
+                  options.rows_per_pass);
   const index_t block = std::min(options.block, n);
   const index_t n_blocks = (n + block - 1) / block;
+  const index_t pass_rows = std::min(group_rows, options.rows_per_pass);
   const float ninf = -std::numeric_limits<float>::infinity();
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
 
   using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   Workspace::Frame frame(ws);
-  Eigen::Map<RowMatrix> qg(ws.take<float>(rows * d).data(), rows, d);
-  float* exps = ws.take<float>(rows * n).data();  // column-major rows × n
-  float* kbuf = ws.take<float>(block * d).data();
-  Eigen::Map<Eigen::MatrixXf> block_max(ws.take<float>(rows * n_blocks).data(), rows, n_blocks);
-  float* const m = ws.take<float>(rows).data();      // running row maximum
-  float* const check = ws.take<float>(rows).data();  // Σ 0·x: NaN iff a logit is not finite
-  float* const ref = ws.take<float>(rows).data();    // exp reference of the current block
-  float* const part = ws.take<float>(rows).data();   // row sums of the current block
-  double* const l = ws.take<double>(rows).data();    // row normalisers
-  Eigen::Map<Eigen::VectorXf> factor(ws.take<float>(rows).data(), rows);
-  float* const weight = ws.take<float>(rows).data();
-  for (index_t r = 0; r < rows; ++r) {
-    const float c = options.query_weights.empty()
-                        ? 1.0f
-                        : options.query_weights[static_cast<std::size_t>(r % w)];
-    weight[r] = options.reduce == WindowReduce::mean ? c / static_cast<float>(w) : c;
-  }
+  float* const q_data = ws.take<float>(pass_rows * d).data();
+  float* const exps = ws.take<float>(pass_rows * n).data();  // column-major rows × n
+  float* const kbuf = ws.take<float>(block * d).data();
+  float* const block_max = ws.take<float>(pass_rows * n_blocks).data();  // rows × blocks
+  float* const m = ws.take<float>(pass_rows).data();                     // running row maximum
+  float* const check = ws.take<float>(pass_rows).data();  // Σ 0·x: NaN iff a logit is not finite
+  float* const ref = ws.take<float>(pass_rows).data();    // exp reference of the current block
+  float* const part = ws.take<float>(pass_rows).data();   // row sums of the current block
+  double* const l = ws.take<double>(pass_rows).data();    // row normalisers
+  float* const factor = ws.take<float>(pass_rows).data();
+  auto weight = [&](index_t i) {  // of window query i
+    const float c =
+        options.query_weights.empty() ? 1.0f : options.query_weights[static_cast<std::size_t>(i)];
+    return options.reduce == WindowReduce::mean ? c / static_cast<float>(w) : c;
+  };
 
+  std::fill(out.begin(), out.end(), 0.0f);  // every reduction starts from 0 (probabilities ≥ 0)
   for (index_t kvh = 0; kvh < kv.kv_heads(); ++kvh) {
-    for (index_t r = 0; r < rows; ++r) {
-      to_float(queries.query(kvh * g + r / w, r % w).data(), &qg(r, 0), d);
-      qg.row(r) *= scale;
-      m[r] = ninf;
-      check[r] = 0.0f;
-      l[r] = 0.0;
-    }
-    for (index_t b = 0; b < n_blocks; ++b) {
-      const index_t b0 = b * block, count = std::min(block, n - b0);
-      const auto keys = detail::key_block(kv, kvh, b0, count, kbuf);
-      float* const x = exps + b0 * rows;
-      Eigen::Map<Eigen::MatrixXf>(x, rows, count).noalias() = qg * keys;
-      // Row maxima, and the finiteness check, while the block is hot in cache. A NaN or inf in
-      // a key or query makes at least one logit non-finite (every key is visible to the last
-      // query), and 0 · (NaN or ±inf) is NaN.
-      float* const bmax = &block_max(0, b);
-      std::copy(m, m + rows, bmax);
-      for (index_t j = 0; j < count; ++j) {
-        const float* col = x + j * rows;
+    for (index_t r0 = 0; r0 < group_rows; r0 += pass_rows) {
+      const index_t rows = std::min(pass_rows, group_rows - r0);  // group rows r0 … r0 + rows
+      Eigen::Map<RowMatrix> qg(q_data, rows, d);
+      for (index_t r = 0; r < rows; ++r) {
+        const index_t gr = r0 + r;
+        to_float(queries.query(kvh * g + gr / w, gr % w).data(), &qg(r, 0), d);
+        qg.row(r) *= scale;
+        m[r] = ninf;
+        check[r] = 0.0f;
+        l[r] = 0.0;
+      }
+      for (index_t b = 0; b < n_blocks; ++b) {
+        const index_t b0 = b * block, count = std::min(block, n - b0);
+        const auto keys = detail::key_block(kv, kvh, b0, count, kbuf);
+        float* const x = exps + b0 * rows;
+        Eigen::Map<Eigen::MatrixXf>(x, rows, count).noalias() = qg * keys;
+        // Row maxima, and the finiteness check, while the block is hot in cache. A NaN or inf
+        // in a key or query makes at least one logit non-finite (every key is visible to the
+        // last query), and 0 · (NaN or ±inf) is NaN.
+        float* const bmax = block_max + b * rows;
+        std::copy(m, m + rows, bmax);
+        for (index_t j = 0; j < count; ++j) {
+          const float* col = x + j * rows;
+          for (index_t r = 0; r < rows; ++r) {
+            bmax[r] = col[r] > bmax[r] ? col[r] : bmax[r];
+            check[r] += col[r] * 0.0f;
+          }
+        }
+        if (options.causal)  // query i sees keys j ≤ n − w + i: only the window's own block(s)
+          for (index_t j = std::max(b0, n - w + 1); j < b0 + count; ++j)
+            for (index_t r = 0; r < rows; ++r)
+              if (j > n - w + (r0 + r) % w) x[(j - b0) * rows + r] = ninf;
         for (index_t r = 0; r < rows; ++r) {
-          bmax[r] = col[r] > bmax[r] ? col[r] : bmax[r];
-          check[r] += col[r] * 0.0f;
+          if (m[r] != ninf) l[r] *= std::exp(static_cast<double>(m[r]) - bmax[r]);
+          ref[r] = bmax[r] == ninf ? 0.0f : bmax[r];  // an all-masked row: exps of exactly 0
+          part[r] = 0.0f;
+        }
+        for (index_t j = 0; j < count; ++j) {
+          float* col = x + j * rows;
+          for (index_t r = 0; r < rows; ++r) {
+            const float e = detail::exp_nonpositive(col[r] - ref[r]);
+            col[r] = e;
+            part[r] += e;
+          }
+        }
+        for (index_t r = 0; r < rows; ++r) {
+          l[r] += part[r];
+          m[r] = bmax[r];
         }
       }
-      if (options.causal)  // query i sees keys j ≤ n − w + i: only the window's own block(s)
-        for (index_t j = std::max(b0, n - w + 1); j < b0 + count; ++j)
-          for (index_t r = 0; r < rows; ++r)
-            if (j > n - w + r % w) x[(j - b0) * rows + r] = ninf;
-      for (index_t r = 0; r < rows; ++r) {
-        if (m[r] != ninf) l[r] *= std::exp(static_cast<double>(m[r]) - bmax[r]);
-        ref[r] = bmax[r] == ninf ? 0.0f : bmax[r];  // an all-masked row: exps of exactly 0
-        part[r] = 0.0f;
-      }
-      for (index_t j = 0; j < count; ++j) {
-        float* col = x + j * rows;
-        for (index_t r = 0; r < rows; ++r) {
-          const float e = detail::exp_nonpositive(col[r] - ref[r]);
-          col[r] = e;
-          part[r] += e;
-        }
-      }
-      for (index_t r = 0; r < rows; ++r) {
-        l[r] += part[r];
-        m[r] = bmax[r];
-      }
-    }
-    for (index_t r = 0; r < rows; ++r)
-      if (check[r] != 0.0f) detail::report_non_finite(kv, queries, kvh, g);
-    // Final sweep: each block's exps scaled by exp(m_b − m) / l and reduced over the window.
-    for (index_t b = 0; b < n_blocks; ++b) {
-      const index_t b0 = b * block, count = std::min(block, n - b0);
       for (index_t r = 0; r < rows; ++r)
-        factor[r] =
-            l[r] > 0.0
-                ? static_cast<float>(std::exp(static_cast<double>(block_max(r, b)) - m[r]) / l[r]) *
-                      weight[r]
-                : 0.0f;
-      const Eigen::Map<const Eigen::MatrixXf> x(exps + b0 * rows, rows, count);
-      for (index_t hg = 0; hg < g; ++hg) {
-        Eigen::Map<Eigen::VectorXf> dst(out.data() + (kvh * g + hg) * n + b0, count);
-        const auto x_head = x.middleRows(hg * w, w);
-        const auto f_head = factor.segment(hg * w, w);
-        if (options.reduce == WindowReduce::max)
-          dst = (x_head.array().colwise() * f_head.array()).colwise().maxCoeff().transpose();
-        else
-          dst.noalias() = x_head.transpose() * f_head;
+        if (check[r] != 0.0f) detail::report_non_finite(kv, queries, kvh, g);
+      // Final sweep: each block's exps scaled by exp(m_b − m) / l · c and reduced over this
+      // pass's queries of every head it covers, into `out`.
+      for (index_t b = 0; b < n_blocks; ++b) {
+        const index_t b0 = b * block, count = std::min(block, n - b0);
+        for (index_t r = 0; r < rows; ++r)
+          factor[r] =
+              l[r] > 0.0
+                  ? static_cast<float>(
+                        std::exp(static_cast<double>(block_max[b * rows + r]) - m[r]) / l[r]) *
+                        weight((r0 + r) % w)
+                  : 0.0f;
+        const Eigen::Map<const Eigen::MatrixXf> x(exps + b0 * rows, rows, count);
+        const Eigen::Map<const Eigen::VectorXf> f(factor, rows);
+        for (index_t hg = r0 / w; hg * w < r0 + rows; ++hg) {
+          const index_t a = std::max(hg * w, r0) - r0, e = std::min((hg + 1) * w, r0 + rows) - r0;
+          Eigen::Map<Eigen::VectorXf> dst(out.data() + (kvh * g + hg) * n + b0, count);
+          const auto x_head = x.middleRows(a, e - a);
+          const auto f_head = f.segment(a, e - a);
+          if (options.reduce == WindowReduce::max)
+            dst = dst.cwiseMax((x_head.array().colwise() * f_head.array())
+                                   .colwise()
+                                   .maxCoeff()
+                                   .transpose()
+                                   .matrix());
+          else
+            dst.noalias() += x_head.transpose() * f_head;
+        }
       }
     }
   }
