@@ -153,6 +153,60 @@ void BM_Select_SnapKV_F16(benchmark::State& state) {
 }
 BENCHMARK(BM_Select_SnapKV_F16)->Arg(32768)->Unit(benchmark::kMillisecond);
 
+// ---- NACL: scoring vs selection at P = 1% proxies
+// ------------------------------------------------
+
+/// A cache of n tokens with a window of n / 100 proxy queries (fp16 storage).
+struct NACLProblem {
+  std::vector<Eigen::half> k, v, q;
+  std::optional<kvevict::KVCache<Eigen::half>> kv;
+  std::optional<kvevict::QueryWindow<Eigen::half>> proxies;
+  explicit NACLProblem(index_t n) {
+    const index_t p = n / 100;
+    kvevict::RandomStream rng(11, 0, 0);
+    k.resize(static_cast<std::size_t>(kKVHeads * n * kDim));
+    v.resize(k.size());
+    q.resize(static_cast<std::size_t>(kQHeads * p * kDim));
+    for (auto* vec : {&k, &v, &q})
+      for (auto& x : *vec) x = Eigen::half(static_cast<float>(2.0 * rng.uniform() - 1.0));
+    kv.emplace(kvevict::Storage<Eigen::half>::hnd(k.data(), n, kDim),
+               kvevict::Storage<Eigen::half>::hnd(v.data(), n, kDim),
+               kvevict::Shape{kKVHeads, n, kDim});
+    proxies.emplace(q.data(), kQHeads, p, kDim);
+  }
+};
+
+/// NACL's whole select (budget 20%: 36 protected, the rest 1/3 top-k, 2/3 sampled).
+void BM_NACL_Select(benchmark::State& state) {
+  NACLProblem p(state.range(0));
+  kvevict::Selection sel;
+  kvevict::Workspace ws;
+  const kvevict::NACL policy;
+  for (auto _ : state) {
+    policy.select(*p.kv, *p.proxies, kvevict::Budget::ratio(0.2), sel, ws);
+    benchmark::DoNotOptimize(sel.kept(0).data());
+  }
+}
+BENCHMARK(BM_NACL_Select)->Arg(32768)->Unit(benchmark::kMillisecond);
+
+/// Its selection alone (protected regions, top-k, Gumbel-top-k sampling for 8 KV heads) from
+/// given scores. Target: ≤ 10% of BM_NACL_Select.
+void BM_NACL_Choose(benchmark::State& state) {
+  const index_t n = state.range(0);
+  std::vector<float> scores(static_cast<std::size_t>(kKVHeads * n));
+  kvevict::RandomStream rng(12, 0, 0);
+  for (float& x : scores) x = static_cast<float>(rng.uniform()) * 0.01f;
+  kvevict::Selection sel;
+  kvevict::Workspace ws;
+  const kvevict::NACL policy;
+  for (auto _ : state) {
+    sel.reset(kKVHeads, n, false);
+    policy.choose(scores, n, n / 5, 0, sel, ws);
+    benchmark::DoNotOptimize(sel.kept(0).data());
+  }
+}
+BENCHMARK(BM_NACL_Choose)->Arg(32768)->Unit(benchmark::kMillisecond);
+
 // ---- decode steps: a streaming policy's bookkeeping against the attention step it rides on ----
 
 /// One decode attention step at n cached tokens: for each query head, q·Kᵀ, softmax, ·V (fp32

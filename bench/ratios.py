@@ -29,6 +29,9 @@ def main(path):
             print(f"{name:34s} {r['FLOPS'] / 1e9:7.1f} GFLOP/s = {r['FLOPS'] / gemm:6.1%} of sgemm")
         elif "bytes_per_second" in r and copy and name != "BM_Ceiling_Memcpy":
             print(f"{name:34s} {r['bytes_per_second'] / 1e9:7.2f} GB/s    = {r['bytes_per_second'] / copy:6.1%} of memcpy")
+    select, choose = time("BM_NACL_Select/32768"), time("BM_NACL_Choose/32768")
+    if select and choose:
+        print(f"NACL selection (top-k + sampling) / whole select at n=32768: {choose / select:.1%}")
     for n in (4096, 32768):
         select, score = time(f"BM_SnapKV_PoolSelect/{n}"), time(f"BM_Score_Window/{n}")
         if select and score:

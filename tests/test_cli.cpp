@@ -144,12 +144,30 @@ TEST_F(Cli, SelectsOnFloat16SharedAndWritesOut) {
   EXPECT_EQ(again.out, s.str());
 }
 
+TEST_F(Cli, NaclPresetAndSeed) {
+  const std::string args = "select --policy nacl --ratio 0.5 --seed 9 --set preset=paper20 " +
+                           inputs("k.npy", "v.npy", "q.npy");
+  const Result r = run(args);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"params\": {\"sinks\": 4, \"recent\": 32, \"random_share\": 0.666667, "
+                       "\"causal\": false, \"reduce\": \"sum\", \"preset\": \"paper20\", "
+                       "\"seed\": 9, \"shared\": false}"),
+            std::string::npos)
+      << r.out;
+  EXPECT_EQ(run(args).out, r.out);  // reproducible
+  const Result bad = run("select --policy nacl --ratio 0.5 --set preset=paper25 " + inputs());
+  EXPECT_EQ(bad.err,
+            "kvevict: preset: expected one of none, paper10, paper20, paper30, long_context, got "
+            "'paper25'\n");
+}
+
 TEST_F(Cli, ListShowsEveryPolicyAndItsDefaults) {
   const Result r = run("list");
   ASSERT_EQ(r.code, 0);
   for (auto name : eval::policy_names())
     EXPECT_NE(r.out.find(std::string(name)), std::string::npos) << name;
   EXPECT_NE(r.out.find("kernel             7"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("pool               max "), std::string::npos) << r.out;
 }
 
 TEST_F(Cli, ReplayReportsKeptTokensAndErrors) {
@@ -200,11 +218,12 @@ TEST_F(Cli, BadInputExitsWithOneLineAndWritesNothing) {
        "kvevict: --set: expected a parameter of snapkv (window, kernel, pool, reduce), got "
        "'windw'\n"},
       {"select --policy snapkv --budget 10 --set pool=min " + inputs(),
-       "kvevict: pool: expected max or avg, got 'min'\n"},
+       "kvevict: pool: expected one of max, avg, got 'min'\n"},
       {"select --policy snapkv --budget 10 --set window=x " + inputs(),
        "kvevict: window: expected an integer, got 'x'\n"},
       {"select --policy h3o --budget 10 " + inputs(),
-       "kvevict: --policy: expected one of streaming_llm, random, snapkv, tova, h2o, got 'h3o'\n"},
+       "kvevict: --policy: expected one of streaming_llm, random, snapkv, tova, h2o, nacl, got "
+       "'h3o'\n"},
       {"select --policy snapkv --budget 10 --bogus 1 " + inputs(),
        "kvevict: arguments: expected one of --policy --keys --values --queries --budget --ratio "
        "--set --seed --shared --out, got '--bogus'\n"},

@@ -12,9 +12,12 @@ int list() {
     const typename P::Params defaults;
     std::printf("%-14s %s\n", std::string(P::name).c_str(), std::string(Traits::summary).c_str());
     std::printf("%-14s forms: one-shot%s\n", "", StreamingPolicy<P, float> ? ", streaming" : "");
-    for (const auto& f : Traits::fields())
-      std::printf("%-14s   %-18s %-10s %s\n", "", std::string(f.name).c_str(),
-                  eval::detail::json_value(defaults, f).c_str(), std::string(f.help).c_str());
+    for (const auto& f : Traits::fields()) {
+      std::string value = eval::detail::json_value(defaults, f);
+      if (value.size() >= 2 && value.front() == '"') value = value.substr(1, value.size() - 2);
+      std::printf("%-14s   %-18s %-10s %s\n", "", std::string(f.name).c_str(), value.c_str(),
+                  std::string(f.help).c_str());
+    }
     if constexpr (requires { defaults.seed; })
       std::printf("%-14s   %-18s %-10s %s\n", "", "(--seed)", "0", "random stream seed");
     if constexpr (requires { defaults.shared; })

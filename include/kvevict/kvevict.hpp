@@ -30,6 +30,7 @@
 
 // Policies.
 #include "policies/h2o.hpp"
+#include "policies/nacl.hpp"
 #include "policies/random_eviction.hpp"
 #include "policies/snapkv.hpp"
 #include "policies/streaming_llm.hpp"

@@ -7,6 +7,7 @@
 /// command and the evaluation harness use to build and describe policies.
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
@@ -28,13 +29,14 @@ namespace kvevict::eval {
 using Settings = std::vector<std::pair<std::string, std::string>>;
 
 /// A policy of any kind, configured.
-using AnyPolicy = std::variant<StreamingLLM, RandomEviction, SnapKV, TOVA, H2O>;
+using AnyPolicy = std::variant<StreamingLLM, RandomEviction, SnapKV, TOVA, H2O, NACL>;
 
 /// One parameter of a policy's `Params`, by pointer to member.
 template <class Params>
 struct Field {
-  using Member = std::variant<index_t Params::*, double Params::*, bool Params::*,
-                              std::uint64_t Params::*, Pool Params::*, GroupReduce Params::*>;
+  using Member =
+      std::variant<index_t Params::*, double Params::*, bool Params::*, std::uint64_t Params::*,
+                   Pool Params::*, GroupReduce Params::*, NACLPreset Params::*>;
   std::string_view name;
   Member member;
   std::string_view help;
@@ -95,9 +97,40 @@ struct PolicyTraits<H2O> {
   }
 };
 
+template <>
+struct PolicyTraits<NACL> {
+  using Params = NACL::Params;
+  static constexpr std::string_view summary =
+      "proxy-token top-k + attention-weighted random eviction, per head (Chen et al. 2024)";
+  static std::vector<Field<Params>> fields() {
+    return {
+        {"sinks", &Params::sinks, "first tokens always kept"},
+        {"recent", &Params::recent, "last tokens always kept"},
+        {"random_share", &Params::random_share, "share of the unprotected budget sampled"},
+        {"causal", &Params::causal, "proxies see only earlier keys (0/1)"},
+        {"reduce", &Params::reduce, "GQA reduction: sum, mean or max"},
+        {"preset", &Params::preset, "paper split: none, paper10, paper20, paper30, long_context"}};
+  }
+};
+
 namespace detail {
 
 using kvevict::detail::cat;
+
+/// Every value of an enum parameter, in the order `list` shows them.
+template <class E>
+constexpr auto enum_values() {
+  if constexpr (std::is_same_v<E, Pool>)
+    return std::array{Pool::max, Pool::avg};
+  else if constexpr (std::is_same_v<E, GroupReduce>)
+    return std::array{GroupReduce::mean, GroupReduce::max, GroupReduce::sum};
+  else
+    return std::array{NACLPreset::none, NACLPreset::paper10, NACLPreset::paper20,
+                      NACLPreset::paper30, NACLPreset::long_context};
+}
+
+template <class E>
+constexpr bool is_enum_param = std::is_enum_v<E>;
 using kvevict::detail::fail;
 
 inline index_t parse_int(std::string_view key, std::string_view text) {
@@ -143,22 +176,16 @@ void set_field(Params& p, const Field<Params>& f, std::string_view text) {
           const index_t v = parse_int(f.name, text);
           if (v < 0) fail(f.name, "a non-negative integer", v);
           p.*member = static_cast<std::uint64_t>(v);
-        } else if constexpr (std::is_same_v<V, Pool>) {
-          if (text == "max")
-            p.*member = Pool::max;
-          else if (text == "avg")
-            p.*member = Pool::avg;
-          else
-            fail(f.name, "max or avg", "'", std::string(text), "'");
-        } else if constexpr (std::is_same_v<V, GroupReduce>) {
-          if (text == "mean")
-            p.*member = GroupReduce::mean;
-          else if (text == "max")
-            p.*member = GroupReduce::max;
-          else if (text == "sum")
-            p.*member = GroupReduce::sum;
-          else
-            fail(f.name, "mean, max or sum", "'", std::string(text), "'");
+        } else if constexpr (is_enum_param<V>) {
+          std::string names;
+          for (V v : enum_values<V>()) {
+            if (to_string(v) == text) {
+              p.*member = v;
+              return;
+            }
+            names += (names.empty() ? "" : ", ") + std::string(to_string(v));
+          }
+          fail(f.name, "one of " + names, "'", std::string(text), "'");
         }
       },
       f.member);
@@ -173,7 +200,7 @@ std::string json_value(const Params& p, const Field<Params>& f) {
         const V& v = p.*member;
         if constexpr (std::is_same_v<V, bool>)
           return v ? "true" : "false";
-        else if constexpr (std::is_same_v<V, Pool> || std::is_same_v<V, GroupReduce>) {
+        else if constexpr (is_enum_param<V>) {
           std::string quoted(1, '"');  // appended piecewise: GCC 12's -Wrestrict misfires on +
           quoted += to_string(v);
           quoted += '"';
