@@ -207,6 +207,43 @@ void BM_NACL_Choose(benchmark::State& state) {
 }
 BENCHMARK(BM_NACL_Choose)->Arg(32768)->Unit(benchmark::kMillisecond);
 
+// ---- CriticalKV: the projected value norm
+// ----------------------------------------------------------
+
+constexpr index_t kHidden = 4096;
+
+/// ‖V_j W_o^h‖ for n tokens, 32 query heads, d = 128, hidden 4096 (fp32 V and W_o).
+void value_norms(benchmark::State& state, kvevict::NormKind kind) {
+  const index_t n = state.range(0);
+  Problem<float> p(n);
+  std::vector<float> wo(static_cast<std::size_t>(kQHeads * kDim * kHidden));
+  kvevict::RandomStream rng(5, 0, 0);
+  for (float& x : wo) x = static_cast<float>(rng.uniform() - 0.5);
+  const auto projection = kvevict::OutputProjection::dense(wo.data(), kQHeads, kDim, kHidden);
+  const std::vector<float> gram =
+      kind == kvevict::NormKind::l2 ? kvevict::gram_matrices(projection) : std::vector<float>{};
+  std::vector<float> out(static_cast<std::size_t>(kQHeads * n));
+  kvevict::Workspace ws;
+  for (auto _ : state) {
+    kvevict::projected_value_norms(*p.kv, projection, n, kind, gram, out, ws);
+    benchmark::DoNotOptimize(out.data());
+  }
+  const double inner = kind == kvevict::NormKind::l1 ? static_cast<double>(kHidden) : kDim;
+  state.counters["FLOPS"] =
+      benchmark::Counter(2.0 * static_cast<double>(n) * kDim * inner * kQHeads,
+                         benchmark::Counter::kIsIterationInvariantRate);
+}
+/// L1 (the default): one GEMM per token block and head. Target ≥ 50% of sgemm.
+void BM_CriticalKV_Norm_L1(benchmark::State& state) {
+  value_norms(state, kvevict::NormKind::l1);
+}
+/// L2 through the precomputed Gram matrices: expected ≈ hidden / d = 32× faster than L1.
+void BM_CriticalKV_Norm_L2(benchmark::State& state) {
+  value_norms(state, kvevict::NormKind::l2);
+}
+BENCHMARK(BM_CriticalKV_Norm_L1)->Arg(32768)->Unit(benchmark::kMillisecond)->Iterations(1);
+BENCHMARK(BM_CriticalKV_Norm_L2)->Arg(32768)->Unit(benchmark::kMillisecond);
+
 // ---- decode steps: a streaming policy's bookkeeping against the attention step it rides on ----
 
 /// One decode attention step at n cached tokens: for each query head, q·Kᵀ, softmax, ·V (fp32

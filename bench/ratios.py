@@ -17,9 +17,14 @@ def main(path):
     runs = {}
     for name, rs in reps.items():
         runs[name] = {k: statistics.median(r[k] for r in rs) for k in ("real_time", "FLOPS", "bytes_per_second") if k in rs[0]}
-    flops = lambda name: runs[name]["FLOPS"] if name in runs else None
-    bps = lambda name: runs[name]["bytes_per_second"] if name in runs else None
-    time = lambda name: runs[name]["real_time"] if name in runs else None
+    def find(name, key):  # exact name, or the run it starts (e.g. "…/iterations:1")
+        for n in [name] + [n for n in runs if n.startswith(name + "/")]:
+            if n in runs and key in runs[n]:
+                return runs[n][key]
+        return None
+    flops = lambda name: find(name, "FLOPS")
+    bps = lambda name: find(name, "bytes_per_second")
+    time = lambda name: find(name, "real_time")
     gemm, copy = flops("BM_Ceiling_Sgemm1024"), bps("BM_Ceiling_Memcpy")
     print("ceilings:", f"sgemm {gemm / 1e9:.1f} GFLOP/s" if gemm else "no sgemm",
           f"memcpy {copy / 1e9:.2f} GB/s" if copy else "no memcpy")
@@ -32,6 +37,9 @@ def main(path):
     select, choose = time("BM_NACL_Select/32768"), time("BM_NACL_Choose/32768")
     if select and choose:
         print(f"NACL selection (top-k + sampling) / whole select at n=32768: {choose / select:.1%}")
+    l1, l2 = time("BM_CriticalKV_Norm_L1/32768"), time("BM_CriticalKV_Norm_L2/32768")
+    if l1 and l2:
+        print(f"CriticalKV norm: L2 (Gram) is {l1 / l2:.1f}x faster than L1 (hidden/d = 32)")
     for n in (4096, 32768):
         select, score = time(f"BM_SnapKV_PoolSelect/{n}"), time(f"BM_Score_Window/{n}")
         if select and score:

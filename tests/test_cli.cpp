@@ -78,6 +78,8 @@ class Cli : public ::testing::Test {
     save("q_dim.npy", {4, 8, 6}, false);
     save("q_heads.npy", {3, 8, 8}, false);
     save("q_all.npy", {4, 40, 8}, false);
+    wo_ = save("wo.npy", {4, 8, 12}, false);
+    save("wo_bad.npy", {4, 6, 12}, false);
     auto bad = k_;
     bad[static_cast<std::size_t>(1 * 320 + 5 * 8 + 2)] = std::numeric_limits<float>::infinity();
     const std::vector<index_t> shape{2, 40, 8};
@@ -92,7 +94,7 @@ class Cli : public ::testing::Test {
   }
 
   static inline fs::path dir_;
-  static inline std::vector<float> k_, v_, q_;
+  static inline std::vector<float> k_, v_, q_, wo_;
 };
 
 TEST_F(Cli, SelectMatchesTheLibrary) {
@@ -116,7 +118,8 @@ TEST_F(Cli, SelectMatchesTheLibrary) {
   EXPECT_NE(r.out.find(kept + "]"), std::string::npos) << r.out << "\nwant " << kept;
   EXPECT_NE(
       r.out.find("\"policy\": \"snapkv\", \"params\": {\"window\": 4, \"kernel\": 3, \"pool\": "
-                 "\"max\", \"reduce\": \"mean\", \"shared\": false}, \"n\": 40, \"budget\": 12"),
+                 "\"max\", \"reduce\": \"mean\", \"ada\": false, \"alpha_safeguard\": 0.2, "
+                 "\"shared\": false}, \"n\": 40, \"budget\": 12"),
       std::string::npos)
       << r.out;
 }
@@ -159,6 +162,29 @@ TEST_F(Cli, NaclPresetAndSeed) {
   EXPECT_EQ(bad.err,
             "kvevict: preset: expected one of none, paper10, paper20, paper30, long_context, got "
             "'paper25'\n");
+}
+
+TEST_F(Cli, CriticalKVReadsTheOutputProjection) {
+  const Result r =
+      run("select --policy criticalkv --budget 12 --set window=4 --set kernel=3 --wo " +
+          path("wo.npy") + " " + inputs());
+  ASSERT_EQ(r.code, 0) << r.err;
+  const KVCache<float> kv(Storage<float>::hnd(k_.data(), 40, 8),
+                          Storage<float>::hnd(v_.data(), 40, 8), {2, 40, 8});
+  Selection sel;
+  Workspace ws;
+  CriticalKV({.window = 4, .kernel = 3}, OutputProjection::dense(wo_.data(), 4, 8, 12))
+      .select(kv, QueryWindow<float>(q_.data(), 4, 8, 8), Budget::tokens(12), sel, ws);
+  std::string first = "\"kept\": [[";
+  for (std::size_t i = 0; i < sel.kept(0).size(); ++i)
+    first += (i ? ", " : "") + std::to_string(sel.kept(0)[i]);
+  EXPECT_NE(r.out.find(first + "]"), std::string::npos) << r.out;
+  EXPECT_EQ(run("select --policy criticalkv --budget 12 " + inputs()).err,
+            "kvevict: --wo: expected the output projection W_o for criticalkv, got none\n");
+  EXPECT_EQ(
+      run("select --policy criticalkv --budget 12 --wo " + path("wo_bad.npy") + " " + inputs()).err,
+      "kvevict: wo: expected shape [4, 8, hidden] (q_heads and d_v of the inputs), got [4, 6, "
+      "12]\n");
 }
 
 TEST_F(Cli, ListShowsEveryPolicyAndItsDefaults) {
@@ -215,18 +241,20 @@ TEST_F(Cli, BadInputExitsWithOneLineAndWritesNothing) {
       {"select --policy snapkv --budget 3 --set window=4 " + inputs(),
        "kvevict: budget: expected at least window (4) tokens, got 3\n"},
       {"select --policy snapkv --budget 10 --set windw=4 " + inputs(),
-       "kvevict: --set: expected a parameter of snapkv (window, kernel, pool, reduce), got "
+       "kvevict: --set: expected a parameter of snapkv (window, kernel, pool, reduce, ada, "
+       "alpha_safeguard), got "
        "'windw'\n"},
       {"select --policy snapkv --budget 10 --set pool=min " + inputs(),
        "kvevict: pool: expected one of max, avg, got 'min'\n"},
       {"select --policy snapkv --budget 10 --set window=x " + inputs(),
        "kvevict: window: expected an integer, got 'x'\n"},
       {"select --policy h3o --budget 10 " + inputs(),
-       "kvevict: --policy: expected one of streaming_llm, random, snapkv, tova, h2o, nacl, got "
+       "kvevict: --policy: expected one of streaming_llm, random, snapkv, tova, h2o, nacl, "
+       "criticalkv, got "
        "'h3o'\n"},
       {"select --policy snapkv --budget 10 --bogus 1 " + inputs(),
-       "kvevict: arguments: expected one of --policy --keys --values --queries --budget --ratio "
-       "--set --seed --shared --out, got '--bogus'\n"},
+       "kvevict: arguments: expected one of --policy --keys --values --queries --wo --budget "
+       "--ratio --set --seed --shared --out, got '--bogus'\n"},
       {"select --policy snapkv --budget 10 --keys " + path("k.npy"),
        "kvevict: --values: expected to be given, got nothing\n"},
       {"frobnicate", "kvevict: command: expected list, select or replay, got 'frobnicate'\n"},

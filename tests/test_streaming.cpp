@@ -213,13 +213,16 @@ TEST(Replay, StreamingLLMKeepsSinksAndTheLastTokens) {
 
 TEST(Replay, ErrorIsZeroWhenTheBudgetHoldsEverything) {
   Trace t(2, 4, 40, 8, 2);
+  std::vector<float> wo_data(4 * 8 * 16, 0.25f);
+  const auto wo = OutputProjection::dense(wo_data.data(), 4, 8, 16);
   for (auto name : eval::policy_names()) {
     std::vector<std::pair<std::string, std::string>> set;
-    if (name == "snapkv") set.emplace_back("window", "4");
-    const auto r = eval::replay(eval::make_policy(name, set), t.view, 40, {.window = 4});
+    if (name == "snapkv" || name == "criticalkv") set.emplace_back("window", "4");
+    const auto policy = eval::make_policy(name, set, 0, false, &wo);
+    const auto r = eval::replay(policy, t.view, 40, {.window = 4});
     EXPECT_EQ(r.max_error, 0.0) << name;
     EXPECT_EQ(r.kept[0].size(), 40u) << name;
-    const auto big = eval::replay(eval::make_policy(name, set), t.view, 1000, {.window = 4});
+    const auto big = eval::replay(policy, t.view, 1000, {.window = 4});
     EXPECT_EQ(big.max_error, 0.0) << name;
   }
 }

@@ -191,6 +191,23 @@ struct Inputs {
   }
 };
 
+/// `--wo WO.npy` ([q_heads, d_v, hidden], float32 or float16), checked against the inputs; the
+/// view points into `array`, which must outlive it.
+inline std::optional<OutputProjection> output_projection(const Args& args, npy::Array& array,
+                                                         const Inputs& in) {
+  if (!args.has("--wo")) return std::nullopt;
+  array = npy::read(args.get("--wo"), "wo");
+  check_rank3(array, "wo", "[q_heads, d_v, hidden]");
+  if (array.shape[0] != in.q_heads || array.shape[1] != in.dv)
+    fail("wo", cat("shape [", in.q_heads, ", ", in.dv, ", hidden] (q_heads and d_v of the inputs)"),
+         shape_text(array));
+  check_finite(array, "wo");
+  if (array.dtype == npy::DType::float16)
+    return OutputProjection::dense(array.as<Eigen::half>(), array.shape[0], array.shape[1],
+                                   array.shape[2]);
+  return OutputProjection::dense(array.as<float>(), array.shape[0], array.shape[1], array.shape[2]);
+}
+
 /// A small JSON writer: enough for the command's outputs.
 class Json {
  public:

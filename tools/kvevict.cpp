@@ -11,15 +11,17 @@ namespace {
 constexpr const char* usage =
     "usage:\n"
     "  kvevict list                                   policies, parameters, defaults\n"
-    "  kvevict select --policy NAME --keys K.npy --values V.npy --queries Q.npy\n"
+    "  kvevict select --policy NAME --keys K.npy --values V.npy --queries Q.npy [--wo WO.npy]\n"
     "                 (--budget N | --ratio R) [--set key=value]... [--seed S] [--shared]\n"
     "                 [--out OUT.json]\n"
-    "  kvevict replay --policy NAME --keys K.npy --values V.npy --queries Q.npy [--budget N]\n"
+    "  kvevict replay --policy NAME --keys K.npy --values V.npy --queries Q.npy [--wo WO.npy]\n"
+    "                 [--budget N]\n"
     "                 [--set key=value]... [--seed S] [--shared] [--window W] [--out OUT.json]\n"
     "\n"
     "Arrays: C-order little-endian float32 or float16 .npy; K, V [kv_heads, n, d];\n"
     "select: Q [q_heads, w, d], the queries of positions n-w … n-1.\n"
-    "replay: Q [q_heads, n, d], the query of every position.\n";
+    "replay: Q [q_heads, n, d], the query of every position.\n"
+    "WO [q_heads, d_v, hidden]: each head's slice of the output projection (criticalkv).\n";
 
 }  // namespace
 

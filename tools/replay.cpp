@@ -8,14 +8,16 @@ namespace kvevict::cli {
 
 int replay(int argc, char** argv) {
   const Args args(argc, argv, 2, {"--shared"});
-  args.allow({"--policy", "--keys", "--values", "--queries", "--budget", "--set", "--seed",
+  args.allow({"--policy", "--keys", "--values", "--queries", "--wo", "--budget", "--set", "--seed",
               "--shared", "--window", "--out"});
-  const eval::AnyPolicy policy =
-      eval::make_policy(args.get("--policy"), settings(args), seed(args), args.has("--shared"));
   std::optional<index_t> budget;
   if (args.has("--budget")) budget = parse_count("--budget", args.get("--budget"));
   const index_t window = parse_count("--window", args.get("--window", "32"));
   Inputs in(args, "[q_heads, n, d]");
+  npy::Array wo_array;
+  const auto wo = output_projection(args, wo_array, in);
+  const eval::AnyPolicy policy = eval::make_policy(args.get("--policy"), settings(args), seed(args),
+                                                   args.has("--shared"), wo ? &*wo : nullptr);
   if (in.w != in.n)
     fail("queries", cat("one query per position: [q_heads, ", in.n, ", ", in.d, "]"),
          shape_text(in.q));

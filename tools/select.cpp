@@ -29,13 +29,15 @@ int list() {
 
 int select(int argc, char** argv) {
   const Args args(argc, argv, 2, {"--shared"});
-  args.allow({"--policy", "--keys", "--values", "--queries", "--budget", "--ratio", "--set",
+  args.allow({"--policy", "--keys", "--values", "--queries", "--wo", "--budget", "--ratio", "--set",
               "--seed", "--shared", "--out"});
   const auto s = settings(args);
-  const eval::AnyPolicy policy =
-      eval::make_policy(args.get("--policy"), s, seed(args), args.has("--shared"));
   const Budget b = budget(args);
   Inputs in(args, "[q_heads, w, d]");
+  npy::Array wo_array;
+  const auto wo = output_projection(args, wo_array, in);
+  const eval::AnyPolicy policy = eval::make_policy(args.get("--policy"), s, seed(args),
+                                                   args.has("--shared"), wo ? &*wo : nullptr);
   if (in.w > in.n)
     fail("queries", cat("a window of at most n (", in.n, ") queries"), shape_text(in.q));
 

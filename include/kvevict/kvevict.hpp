@@ -12,6 +12,7 @@
 #include "error.hpp"
 #include "kv_cache.hpp"
 #include "layout.hpp"
+#include "output_projection.hpp"
 #include "policy.hpp"
 #include "query_window.hpp"
 #include "random.hpp"
@@ -22,13 +23,16 @@
 
 // Kernels.
 #include "kernels/attention.hpp"
+#include "kernels/head_budgets.hpp"
 #include "kernels/pool.hpp"
 #include "kernels/reduce.hpp"
 #include "kernels/rope.hpp"
 #include "kernels/softmax.hpp"
 #include "kernels/topk.hpp"
+#include "kernels/value_norm.hpp"
 
 // Policies.
+#include "policies/criticalkv.hpp"
 #include "policies/h2o.hpp"
 #include "policies/nacl.hpp"
 #include "policies/random_eviction.hpp"

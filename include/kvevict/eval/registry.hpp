@@ -29,14 +29,14 @@ namespace kvevict::eval {
 using Settings = std::vector<std::pair<std::string, std::string>>;
 
 /// A policy of any kind, configured.
-using AnyPolicy = std::variant<StreamingLLM, RandomEviction, SnapKV, TOVA, H2O, NACL>;
+using AnyPolicy = std::variant<StreamingLLM, RandomEviction, SnapKV, TOVA, H2O, NACL, CriticalKV>;
 
 /// One parameter of a policy's `Params`, by pointer to member.
 template <class Params>
 struct Field {
   using Member =
       std::variant<index_t Params::*, double Params::*, bool Params::*, std::uint64_t Params::*,
-                   Pool Params::*, GroupReduce Params::*, NACLPreset Params::*>;
+                   Pool Params::*, GroupReduce Params::*, NACLPreset Params::*, NormKind Params::*>;
   std::string_view name;
   Member member;
   std::string_view help;
@@ -74,7 +74,9 @@ struct PolicyTraits<SnapKV> {
     return {{"window", &Params::window, "observation window: the last queries, always kept"},
             {"kernel", &Params::kernel, "pooling kernel"},
             {"pool", &Params::pool, "pooling: max or avg"},
-            {"reduce", &Params::reduce, "GQA reduction: mean, max or sum"}};
+            {"reduce", &Params::reduce, "GQA reduction: mean, max or sum"},
+            {"ada", &Params::ada, "AdaKV head-adaptive budgets (0/1)"},
+            {"alpha_safeguard", &Params::alpha_safeguard, "AdaKV: minimum share per head"}};
   }
 };
 
@@ -113,6 +115,24 @@ struct PolicyTraits<NACL> {
   }
 };
 
+template <>
+struct PolicyTraits<CriticalKV> {
+  using Params = CriticalKV::Params;
+  static constexpr std::string_view summary =
+      "attention, then attention x projected value norm |V W_o| (Feng et al. 2025); needs --wo";
+  static std::vector<Field<Params>> fields() {
+    return {{"window", &Params::window, "SnapKV observation window, always kept"},
+            {"kernel", &Params::kernel, "SnapKV pooling kernel"},
+            {"pool", &Params::pool, "SnapKV pooling: max or avg"},
+            {"reduce", &Params::reduce, "GQA reduction of the attention: mean, max or sum"},
+            {"first_stage_ratio", &Params::first_stage_ratio, "budget share chosen by attention"},
+            {"epsilon", &Params::epsilon, "added to the attention before weighting"},
+            {"norm", &Params::norm, "projected value norm: l1 or l2"},
+            {"ada", &Params::ada, "AdaKV head-adaptive budgets (0/1)"},
+            {"alpha_safeguard", &Params::alpha_safeguard, "AdaKV: minimum share per head"}};
+  }
+};
+
 namespace detail {
 
 using kvevict::detail::cat;
@@ -124,6 +144,8 @@ constexpr auto enum_values() {
     return std::array{Pool::max, Pool::avg};
   else if constexpr (std::is_same_v<E, GroupReduce>)
     return std::array{GroupReduce::mean, GroupReduce::max, GroupReduce::sum};
+  else if constexpr (std::is_same_v<E, NormKind>)
+    return std::array{NormKind::l1, NormKind::l2};
   else
     return std::array{NACLPreset::none, NACLPreset::paper10, NACLPreset::paper20,
                       NACLPreset::paper30, NACLPreset::long_context};
@@ -234,11 +256,14 @@ inline std::vector<std::string_view> policy_names() {
 }
 
 /// Builds the policy called `name` from `key=value` settings. `seed` goes to policies that
-/// draw random numbers; `shared` selects one set for all heads where a policy offers both.
-/// Throws `kvevict::error` for an unknown policy, an unknown parameter (the message lists the
-/// known ones) or a value that does not parse or validate.
+/// draw random numbers; `shared` selects one set for all heads where a policy offers both;
+/// `wo` (the layer's output projection, which must outlive the policy) to policies that read
+/// W_o, and is ignored by the others. Throws `kvevict::error` for an unknown policy, an unknown
+/// parameter (the message lists the known ones), a value that does not parse or validate, or a
+/// missing W_o.
 inline AnyPolicy make_policy(std::string_view name, const Settings& settings = {},
-                             std::uint64_t seed = 0, bool shared = false) {
+                             std::uint64_t seed = 0, bool shared = false,
+                             const OutputProjection* wo = nullptr) {
   std::optional<AnyPolicy> out;
   for_each_policy([&]<class P>() {
     if (P::name != name || out) return;
@@ -261,7 +286,14 @@ inline AnyPolicy make_policy(std::string_view name, const Settings& settings = {
       }
       detail::set_field(params, *it, value);
     }
-    out.emplace(std::in_place_type<P>, params);
+    if constexpr (std::is_constructible_v<P, typename P::Params, OutputProjection>) {
+      if (wo == nullptr)
+        kvevict::detail::fail("--wo", detail::cat("the output projection W_o for ", P::name),
+                              "none");
+      out.emplace(std::in_place_type<P>, params, *wo);
+    } else {
+      out.emplace(std::in_place_type<P>, params);
+    }
   });
   if (!out) {
     std::string known;

@@ -12,6 +12,7 @@
 #include "../budget.hpp"
 #include "../error.hpp"
 #include "../kernels/attention.hpp"
+#include "../kernels/head_budgets.hpp"
 #include "../kernels/pool.hpp"
 #include "../kernels/reduce.hpp"
 #include "../kernels/topk.hpp"
@@ -31,12 +32,16 @@ struct SnapKVParams {
   Pool pool = Pool::max;                   ///< max or avg pooling.
   GroupReduce reduce = GroupReduce::mean;  ///< over a KV head's query heads.
   bool shared = false;                     ///< one set for all heads (reduced over all heads).
+  bool ada = false;                        ///< AdaKV head-adaptive budgets (ragged per head).
+  double alpha_safeguard = 0.2;            ///< AdaKV: each head keeps ≥ this share of the mean.
 };
 
 namespace detail {
 inline void check_snapkv(const SnapKVParams& p) {
   require(p.window >= 1, "window", "window >= 1", p.window);
   require(p.kernel >= 1, "kernel", "kernel >= 1", p.kernel);
+  require(p.alpha_safeguard >= 0.0 && p.alpha_safeguard <= 1.0, "alpha_safeguard",
+          "a fraction in [0, 1]", p.alpha_safeguard);
 }
 }  // namespace detail
 
@@ -47,7 +52,8 @@ inline void check_snapkv(const SnapKVParams& p) {
 /// window) for the prefix j < n − w; pooled over j (out-of-range neighbours ignored by max,
 /// zero-padded by avg); reduced over the KV head's group (mean). Keeps the window [n − w, n)
 /// plus the top B − w prefix tokens (ties: the more recent). Per head, or shared (reduced over
-/// all query heads).
+/// all query heads). With `ada`, AdaKV's head-adaptive budgets (Feng et al., arXiv 2407.11550;
+/// see `head_budgets`): head h keeps w + b_h tokens, the b_h summing to kv_heads · (B − w).
 ///
 /// Deviations from upstream, on purpose: upstream expands KV heads to query heads (each query
 /// head keeps its own set, losing GQA's memory saving); here scores are reduced over the group
@@ -80,12 +86,19 @@ class SnapKV {
     Workspace::Frame frame(ws);
     const index_t n = kv.tokens(), prefix = n - w;
     const auto scores = pooled_prefix_scores(kv, queries.last(w), ws);
+    const index_t stored = out.stored_heads();
+    const auto budgets = ws.take<index_t>(stored);
+    if (params_.ada && stored > 1) {
+      head_budgets(scores, stored, prefix, b - w, params_.alpha_safeguard, budgets, ws);
+    } else {
+      std::fill(budgets.begin(), budgets.end(), b - w);
+    }
     const auto keep = ws.take<std::uint8_t>(n);
-    for (index_t h = 0; h < out.stored_heads(); ++h) {
+    for (index_t h = 0; h < stored; ++h) {
       std::fill(keep.begin(), keep.end(), std::uint8_t{0});
       keep_range(keep, prefix, n);
       top_k(scores.subspan(static_cast<std::size_t>(h * prefix), static_cast<std::size_t>(prefix)),
-            0, prefix, b - w, keep, ws);
+            0, prefix, budgets[static_cast<std::size_t>(h)], keep, ws);
       add_head_from_mask(out, keep);
     }
   }
