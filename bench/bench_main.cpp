@@ -298,7 +298,27 @@ void BM_Step_TOVA(benchmark::State& state) {
 void BM_Step_StreamingLLM(benchmark::State& state) {
   policy_step(state, kvevict::StreamingLLM());
 }
+/// CORM, budget-free, in n + 1 slots filled first: one step scans every slot's importance.
+void BM_Step_CORM(benchmark::State& state) {
+  const index_t n = state.range(0);
+  kvevict::CORM corm;
+  corm.start({.kv_heads = kKVHeads, .q_heads = kQHeads, .capacity = n + 1});
+  std::vector<float> rows(static_cast<std::size_t>(kQHeads * (n + 1)));
+  kvevict::RandomStream rng(4, 0, 0);
+  for (float& x : rows) x = 2.0f * static_cast<float>(rng.uniform()) / static_cast<float>(n);
+  const kvevict::AttentionRows view{rows.data(), kQHeads, n + 1, n + 1};
+  std::int64_t pos = 0;
+  for (; pos < n; ++pos) {
+    corm.append(pos);
+    corm.observe(view);
+  }
+  for (auto _ : state) {
+    corm.append(pos++);
+    benchmark::DoNotOptimize(corm.observe(view).slots.data());
+  }
+}
 BENCHMARK(BM_Step_H2O)->Arg(4096)->Arg(32768)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Step_CORM)->Arg(4096)->Arg(32768)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Step_TOVA)->Arg(4096)->Arg(32768)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Step_StreamingLLM)->Arg(4096)->Arg(32768)->Unit(benchmark::kMicrosecond);
 

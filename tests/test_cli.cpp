@@ -187,6 +187,17 @@ TEST_F(Cli, CriticalKVReadsTheOutputProjection) {
       "12]\n");
 }
 
+TEST_F(Cli, CormTakesNoBudget) {
+  Result r = run("select --policy corm --set w=4 --set r=4 " + inputs());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"budget\": null"), std::string::npos) << r.out;
+  r = run("replay --policy corm --set w=4 --set r=4 " + inputs("k.npy", "v.npy", "q_all.npy"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"budget\": null"), std::string::npos) << r.out;
+  EXPECT_EQ(run("replay --policy corm --budget 5 " + inputs("k.npy", "v.npy", "q_all.npy")).err,
+            "kvevict: budget: expected none: corm is budget-free, got 5\n");
+}
+
 TEST_F(Cli, ListShowsEveryPolicyAndItsDefaults) {
   const Result r = run("list");
   ASSERT_EQ(r.code, 0);
@@ -215,6 +226,13 @@ TEST_F(Cli, ReplayReportsKeptTokensAndErrors) {
             "kvevict: queries: expected one query per position: [q_heads, 40, 8], got [4, 8, 8]\n");
   r = run("replay --policy tova " + inputs("k.npy", "v.npy", "q_all.npy"));
   EXPECT_EQ(r.err, "kvevict: budget: expected a token budget for tova, got none\n");
+}
+
+/// "streaming_llm, random, …": every policy name, as the command lists them in errors.
+std::string known_policies() {
+  std::string out;
+  for (auto name : eval::policy_names()) out += (out.empty() ? "" : ", ") + std::string(name);
+  return out;
 }
 
 // Every bad input exits non-zero with one line naming what is wrong, and writes nothing.
@@ -249,9 +267,7 @@ TEST_F(Cli, BadInputExitsWithOneLineAndWritesNothing) {
       {"select --policy snapkv --budget 10 --set window=x " + inputs(),
        "kvevict: window: expected an integer, got 'x'\n"},
       {"select --policy h3o --budget 10 " + inputs(),
-       "kvevict: --policy: expected one of streaming_llm, random, snapkv, tova, h2o, nacl, "
-       "criticalkv, got "
-       "'h3o'\n"},
+       "kvevict: --policy: expected one of " + known_policies() + ", got 'h3o'\n"},
       {"select --policy snapkv --budget 10 --bogus 1 " + inputs(),
        "kvevict: arguments: expected one of --policy --keys --values --queries --wo --budget "
        "--ratio --set --seed --shared --out, got '--bogus'\n"},

@@ -88,8 +88,9 @@ inline std::uint64_t seed(const Args& args) {
   return static_cast<std::uint64_t>(s);
 }
 
-/// `--budget N` or `--ratio R`, exactly one.
-inline Budget budget(const Args& args) {
+/// `--budget N` or `--ratio R`, exactly one; a budget-free policy may take neither.
+inline Budget budget(const Args& args, bool budget_free = false) {
+  if (budget_free && !args.has("--budget") && !args.has("--ratio")) return Budget::none();
   if (args.has("--budget") == args.has("--ratio"))
     fail("--budget", "exactly one of --budget N and --ratio R",
          args.has("--budget") ? "both" : "neither");

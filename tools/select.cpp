@@ -32,12 +32,12 @@ int select(int argc, char** argv) {
   args.allow({"--policy", "--keys", "--values", "--queries", "--wo", "--budget", "--ratio", "--set",
               "--seed", "--shared", "--out"});
   const auto s = settings(args);
-  const Budget b = budget(args);
   Inputs in(args, "[q_heads, w, d]");
   npy::Array wo_array;
   const auto wo = output_projection(args, wo_array, in);
   const eval::AnyPolicy policy = eval::make_policy(args.get("--policy"), s, seed(args),
                                                    args.has("--shared"), wo ? &*wo : nullptr);
+  const Budget b = budget(args, eval::budget_free(policy));
   if (in.w > in.n)
     fail("queries", cat("a window of at most n (", in.n, ") queries"), shape_text(in.q));
 
@@ -50,7 +50,8 @@ int select(int argc, char** argv) {
   j.raw("{").key("policy").str(eval::name_of(policy)).raw(", ").key("params");
   params_json(j, policy);
   j.raw(", ").key("n").raw(std::to_string(in.n)).raw(", ");
-  j.key("budget").raw(std::to_string(std::min(b.resolve(in.n), in.n))).raw(", ");
+  j.key("budget").raw(b.is_none() ? "null" : std::to_string(std::min(b.resolve(in.n), in.n)));
+  j.raw(", ");
   j.key("shared").raw(sel.shared() ? "true" : "false").raw(", ").key("kept").raw("[");
   for (index_t h = 0; h < in.kv_heads; ++h) j.raw(h ? ", " : "").list(sel.kept(h));
   j.raw("]}\n");

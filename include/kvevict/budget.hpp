@@ -12,7 +12,9 @@
 namespace kvevict {
 
 /// Tokens kept per KV head, protected regions (sinks, recent windows) included: a count
-/// (`Budget::tokens(512)`) or a fraction of the cache (`Budget::ratio(0.2)`).
+/// (`Budget::tokens(512)`) or a fraction of the cache (`Budget::ratio(0.2)`). Budget-free
+/// policies (CORM, whose cache size follows the content) take `Budget::none()`, which every
+/// other policy rejects.
 ///
 /// A ratio resolves to `round(r · n)` tokens (half away from zero), so 20% of 1000 tokens is
 /// 200 and 20% of 1002 is 200. A budget that resolves to n or more keeps everything, bit for bit.
@@ -32,6 +34,10 @@ class Budget {
     return Budget(0, r);
   }
 
+  /// No budget: for budget-free policies only.
+  static Budget none() { return Budget(-1, 0.0); }
+
+  bool is_none() const noexcept { return count_ < 0; }
   bool is_ratio() const noexcept { return count_ == 0; }
   /// The count given to `tokens` (0 for a ratio budget).
   index_t count() const noexcept { return count_; }
@@ -40,6 +46,7 @@ class Budget {
 
   /// Tokens to keep per KV head in a cache of `n` tokens (may exceed n: then keep all).
   index_t resolve(index_t n) const {
+    if (is_none()) detail::fail("budget", "a token count or ratio for this policy", "none");
     if (!is_ratio()) return count_;
     const auto kept = static_cast<index_t>(std::llround(ratio_ * static_cast<double>(n)));
     if (kept < 1)

@@ -32,6 +32,7 @@
 #include "kernels/value_norm.hpp"
 
 // Policies.
+#include "policies/corm.hpp"
 #include "policies/criticalkv.hpp"
 #include "policies/h2o.hpp"
 #include "policies/nacl.hpp"

@@ -29,14 +29,15 @@ namespace kvevict::eval {
 using Settings = std::vector<std::pair<std::string, std::string>>;
 
 /// A policy of any kind, configured.
-using AnyPolicy = std::variant<StreamingLLM, RandomEviction, SnapKV, TOVA, H2O, NACL, CriticalKV>;
+using AnyPolicy =
+    std::variant<StreamingLLM, RandomEviction, SnapKV, TOVA, H2O, NACL, CriticalKV, CORM>;
 
 /// One parameter of a policy's `Params`, by pointer to member.
 template <class Params>
 struct Field {
-  using Member =
-      std::variant<index_t Params::*, double Params::*, bool Params::*, std::uint64_t Params::*,
-                   Pool Params::*, GroupReduce Params::*, NACLPreset Params::*, NormKind Params::*>;
+  using Member = std::variant<index_t Params::*, double Params::*, bool Params::*,
+                              std::uint64_t Params::*, Pool Params::*, GroupReduce Params::*,
+                              NACLPreset Params::*, NormKind Params::*, CORMThreshold Params::*>;
   std::string_view name;
   Member member;
   std::string_view help;
@@ -133,6 +134,19 @@ struct PolicyTraits<CriticalKV> {
   }
 };
 
+template <>
+struct PolicyTraits<CORM> {
+  using Params = CORM::Params;
+  static constexpr std::string_view summary =
+      "budget-free: evict keys no recent query found important (Dai et al. 2024)";
+  static std::vector<Field<Params>> fields() {
+    return {{"w", &Params::w, "recent queries a key must stay unimportant for"},
+            {"r", &Params::r, "recent keys never evicted"},
+            {"threshold", &Params::threshold, "importance threshold: t (1/t) or live (1/|cache|)"},
+            {"max_tokens", &Params::max_tokens, "cap on the cache, 0 = none (extension)"}};
+  }
+};
+
 namespace detail {
 
 using kvevict::detail::cat;
@@ -146,6 +160,8 @@ constexpr auto enum_values() {
     return std::array{GroupReduce::mean, GroupReduce::max, GroupReduce::sum};
   else if constexpr (std::is_same_v<E, NormKind>)
     return std::array{NormKind::l1, NormKind::l2};
+  else if constexpr (std::is_same_v<E, CORMThreshold>)
+    return std::array{CORMThreshold::t, CORMThreshold::live};
   else
     return std::array{NACLPreset::none, NACLPreset::paper10, NACLPreset::paper20,
                       NACLPreset::paper30, NACLPreset::long_context};
@@ -301,6 +317,17 @@ inline AnyPolicy make_policy(std::string_view name, const Settings& settings = {
     kvevict::detail::fail("--policy", detail::cat("one of ", known), "'", std::string(name), "'");
   }
   return std::move(*out);
+}
+
+/// True for policies whose cache size follows the content (they take no budget).
+inline bool budget_free(const AnyPolicy& policy) {
+  return std::visit(
+      [](const auto& p) {
+        return requires {
+          std::decay_t<decltype(p)>::budget_free;
+        };
+      },
+      policy);
 }
 
 /// The name of a configured policy.
