@@ -32,6 +32,7 @@
 #include "kernels/value_norm.hpp"
 
 // Policies.
+#include "policies/cascade.hpp"
 #include "policies/corm.hpp"
 #include "policies/criticalkv.hpp"
 #include "policies/h2o.hpp"

@@ -30,7 +30,7 @@ using Settings = std::vector<std::pair<std::string, std::string>>;
 
 /// A policy of any kind, configured.
 using AnyPolicy =
-    std::variant<StreamingLLM, RandomEviction, SnapKV, TOVA, H2O, NACL, CriticalKV, CORM>;
+    std::variant<StreamingLLM, RandomEviction, SnapKV, TOVA, H2O, NACL, CriticalKV, CORM, Cascade>;
 
 /// One parameter of a policy's `Params`, by pointer to member.
 template <class Params>
@@ -144,6 +144,20 @@ struct PolicyTraits<CORM> {
             {"r", &Params::r, "recent keys never evicted"},
             {"threshold", &Params::threshold, "importance threshold: t (1/t) or live (1/|cache|)"},
             {"max_tokens", &Params::max_tokens, "cap on the cache, 0 = none (extension)"}};
+  }
+};
+
+template <>
+struct PolicyTraits<Cascade> {
+  using Params = Cascade::Params;
+  static constexpr std::string_view summary =
+      "sinks + cascading sub-caches keeping every 2^c-th token (Willette et al. 2024)";
+  static std::vector<Field<Params>> fields() {
+    return {{"sinks", &Params::sinks, "first tokens always kept"},
+            {"cascades", &Params::cascades, "sub-caches C (W = (budget - sinks) / C slots each)"},
+            {"beta", &Params::beta, "EMA decay of the attention scores"},
+            {"reduce", &Params::reduce, "GQA reduction: max, mean or sum"},
+            {"stride", &Params::stride, "prefill chunk length"}};
   }
 };
 

@@ -108,6 +108,23 @@ void rope_shift(const KVCache<T>& kv, std::span<const std::int64_t> deltas, cons
   for (index_t h = 0; h < kv.kv_heads(); ++h) detail::shift_head(kv, h, deltas, rope, rd, freq, cs);
 }
 
+/// Rotates the keys of one head only, token t by `deltas[t]` positions: for layouts whose heads
+/// hold different tokens (per-head eviction; Cascade's slots, whose cache-relative positions
+/// `relative_positions` gives per head). A delta of 0 leaves the key untouched.
+template <Element T>
+void rope_shift(const KVCache<T>& kv, index_t head, std::span<const std::int64_t> deltas,
+                const Rope& rope) {
+  const index_t rd = detail::check_rope(rope, kv.head_dim());
+  if (head < 0 || head >= kv.kv_heads())
+    detail::fail("head", detail::cat("a KV head in [0, ", kv.kv_heads(), ")"), head);
+  if (static_cast<index_t>(deltas.size()) > kv.tokens())
+    detail::fail("deltas", detail::cat("at most one delta per token (", kv.tokens(), ")"),
+                 deltas.size());
+  std::vector<double> freq, cs(static_cast<std::size_t>(rd));
+  detail::rope_frequencies(rope, rd, freq);
+  detail::shift_head(kv, head, deltas, rope, rd, freq, cs);
+}
+
 /// Rotates every key of the view by the same `delta` positions.
 template <Element T>
 void rope_shift(const KVCache<T>& kv, std::int64_t delta, const Rope& rope) {

@@ -1,0 +1,381 @@
+// kvevict — KV-cache eviction policies for LLM inference.
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+/// \file
+/// \brief Cascade: sinks plus cascading sub-cache buffers that keep every 2^c-th token.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "../budget.hpp"
+#include "../error.hpp"
+#include "../kernels/attention.hpp"
+#include "../kernels/reduce.hpp"
+#include "../kv_cache.hpp"
+#include "../policy.hpp"
+#include "../query_window.hpp"
+#include "../selection.hpp"
+#include "../slots.hpp"
+#include "../workspace.hpp"
+
+namespace kvevict {
+
+/// Parameters of `Cascade`. The budget gives the slots: W = (B − sinks) / cascades.
+struct CascadeParams {
+  index_t sinks = 4;                      ///< S: the first tokens, kept forever.
+  index_t cascades = 4;                   ///< C sub-caches; C = 1 is StreamingLLM.
+  double beta = 0.9999999;                ///< EMA decay of the attention scores.
+  GroupReduce reduce = GroupReduce::max;  ///< over a KV head's query heads (the authors' runs).
+  index_t stride = 1024;                  ///< prefill chunk length.
+  bool shared = false;                    ///< one arrangement for all heads.
+};
+
+/// Cascading KV cache (Willette et al., arXiv 2406.17808, §3 "Cascading KV Cache", Algorithm 1;
+/// upstream jeffwillette/cascading_kv_cache `cascade/models/cascading_cache.py`, the Triton
+/// kernel `_update_kv_cache_inner` — its rules, not the slower Python class's).
+///
+/// Per KV head: S sinks and C cascades of W slots each, ring buffers of slot indices, and an EMA
+/// score per slot: `score ← β · score + (1 − β) · a` at every step, a the step's attention
+/// reduced over the GQA group (max by default), in fp32 (upstream's fp16 store underflows).
+/// Token t (0-based count of tokens appended) goes into the sinks while t < S. Otherwise, from
+/// cascade 0: cascade c **accepts** when `(t − S) mod 2^c = 0`, or while the cache is filling
+/// (eager fill: every cascade accepts while t ≤ S + C·W). Accepting and not full: appended.
+/// Accepting and full: it replaces the cascade's **oldest**, which moves on to cascade c + 1
+/// (and leaves the cache after the last). Not accepting: it replaces the cascade's **newest** if
+/// its score is ≥ that token's (ties go to the newcomer), else it leaves; either way the walk
+/// stops. An empty cascade takes any token. The acceptance test uses the incoming token's t in
+/// every cascade, as upstream, even for the older token carried down.
+///
+/// The cache spans S + W·(2^C − 1) tokens with S + C·W slots; C = 1 is StreamingLLM with S
+/// sinks and a window of W. Tokens move between cascades in the bookkeeping only: the one slot
+/// that changes per step is the evicted one, reused by the next token (`append`).
+///
+/// Positions: `position(head, slot)` is the original one; `relative_positions` gives the
+/// cache-relative ones by age (sinks 0 … S − 1, then the oldest cascade's oldest token first), the
+/// positions upstream re-rotates keys to every step — `rope_shift` applies such a change to
+/// keys stored rotated. Deviations, on purpose: upstream's newest-slot index uses a float
+/// modulo that, when a ring's start is 0, reads the previous cascade's last slot; here
+/// `(start − 1) mod stored`. In a prefill chunk, upstream weighs a new token's attention by
+/// β^(q − k) and the cache's by β^(last − q); here both are the EMA over the queries in order
+/// (β^(last − q)), so a chunk of one token is exactly a decode step (at β ≈ 1 they agree).
+///
+/// - Streaming: `start` allocates O(kv_heads · B); a step is O(q_heads · slots) for the EMA
+///   plus O(C) per KV head for the insertion; no allocation.
+/// - `prefill`: chunks of `stride` tokens attend to [live slots, the chunk causally], then are
+///   inserted one by one: O(n · (S + C·W + stride) · d · q_heads), linear in the prompt.
+/// - One-shot `select` keeps what the streaming form would after the given tokens, scored by
+///   the query window (an approximation: positions before the window see no attention).
+class Cascade {
+ public:
+  static constexpr std::string_view name = "cascade";
+  using Params = CascadeParams;
+
+  Cascade() : Cascade(Params{}) {}
+  explicit Cascade(const Params& p) : params_(p) {
+    detail::require(p.sinks >= 0, "sinks", "sinks >= 0", p.sinks);
+    detail::require(p.cascades >= 1 && p.cascades <= 30, "cascades", "1 <= cascades <= 30",
+                    p.cascades);
+    detail::require(p.beta >= 0.0 && p.beta < 1.0, "beta", "a decay in [0, 1)", p.beta);
+    detail::require(p.stride >= 1, "stride", "stride >= 1", p.stride);
+  }
+  const Params& params() const noexcept { return params_; }
+
+  /// W for a budget B: (B − S) / C, at least 1. Throws when B cannot hold S + C slots.
+  index_t window_for(index_t budget) const {
+    if (budget < params_.sinks + params_.cascades)
+      detail::fail("budget",
+                   detail::cat("at least sinks + cascades (", params_.sinks + params_.cascades,
+                               ") tokens: one slot per cascade"),
+                   budget);
+    return (budget - params_.sinks) / params_.cascades;
+  }
+
+  // ---- streaming -------------------------------------------------------------------------------
+
+  /// Starts a sequence: S + C · W slots kept (W from the budget), one more for the newcomer.
+  void start(const StreamConfig& config) {
+    slots_ = detail::check_stream_config(config, /*needs_budget=*/true);
+    w_ = window_for(config.budget);
+    q_heads_ = config.q_heads;
+    const index_t stored = params_.shared ? 1 : config.kv_heads;
+    table_.start(stored, slots_);
+    score_.assign(static_cast<std::size_t>(stored * slots_), 0.0f);
+    step_.assign(static_cast<std::size_t>(slots_), 0.0f);
+    ring_.assign(static_cast<std::size_t>(stored * params_.cascades * w_), -1);
+    ring_start_.assign(static_cast<std::size_t>(stored * params_.cascades), 0);
+    ring_size_.assign(static_cast<std::size_t>(stored * params_.cascades), 0);
+    sink_.assign(static_cast<std::size_t>(stored * std::max<index_t>(params_.sinks, 1)), -1);
+    pending_.assign(static_cast<std::size_t>(stored), -1);
+    append_slots_.assign(static_cast<std::size_t>(config.kv_heads), 0);
+    evicted_.start(stored, params_.shared, 1);
+    count_ = 0;
+  }
+
+  /// The slot per KV head for the newcomer at `position` (a free one: after the first S + C · W
+  /// tokens, the one the previous step evicted).
+  std::span<const token_t> append(std::int64_t position) {
+    const auto slots = detail::append_to_slots(table_, append_slots_, position);
+    for (index_t h = 0; h < table_.heads(); ++h) {
+      const token_t s = slots[static_cast<std::size_t>(params_.shared ? 0 : h)];
+      score_[static_cast<std::size_t>(h * slots_ + s)] = 0.0f;
+      pending_[static_cast<std::size_t>(h)] = s;
+    }
+    return slots;
+  }
+
+  /// Updates every live token's EMA score with the step's attention (the newcomer included),
+  /// then inserts the newcomer into the sinks or the cascades.
+  Evictions observe(const AttentionRows& rows) {
+    detail::check_rows(rows, q_heads_, slots_);
+    evicted_.clear();
+    const index_t stored = table_.heads(), g = q_heads_ / stored;
+    // s ← β·s + (1 − β)·a, written s − c·s + c·a with c = 1 − β from double: β = 0.9999999
+    // itself is not a float (it rounds to 1 − 1.19e-7, a 19% error in c).
+    const auto c = static_cast<float>(1.0 - params_.beta);
+    for (index_t h = 0; h < stored; ++h) {
+      const float* first = rows.data + h * g * rows.head_stride;
+      std::copy_n(first, slots_, step_.data());
+      for (index_t q = 1; q < g; ++q) {
+        const float* row = first + q * rows.head_stride;
+        if (params_.reduce == GroupReduce::max)
+          for (index_t s = 0; s < slots_; ++s) step_[s] = std::max(step_[s], row[s]);
+        else
+          for (index_t s = 0; s < slots_; ++s) step_[s] += row[s];
+      }
+      const float scale = params_.reduce == GroupReduce::mean ? 1.0f / static_cast<float>(g) : 1.0f;
+      float* score = score_.data() + h * slots_;
+      for (index_t s = 0; s < slots_; ++s)  // free slots too: harmless, reset on append
+        score[s] = score[s] - c * score[s] + c * (step_[s] * scale);
+      insert(h, pending_[static_cast<std::size_t>(h)]);
+    }
+    ++count_;
+    return evicted_.view();
+  }
+
+  index_t slots() const noexcept { return slots_; }
+  index_t size(index_t head) const noexcept { return table_.size(stored(head)); }
+  std::int64_t position(index_t head, index_t slot) const noexcept {
+    return table_.position(stored(head), slot);
+  }
+  /// The EMA score of the token in `slot`.
+  float score(index_t head, index_t slot) const noexcept {
+    return score_[static_cast<std::size_t>(stored(head) * slots_ + slot)];
+  }
+  /// W, the slots of one cascade.
+  index_t cascade_slots() const noexcept { return w_; }
+  /// The live tokens of cascade c of `head`, oldest first (their slots).
+  std::vector<token_t> cascade(index_t head, index_t c) const {
+    std::vector<token_t> out;
+    const index_t h = stored(head), base = (h * params_.cascades + c);
+    for (index_t i = 0; i < ring_size_[static_cast<std::size_t>(base)]; ++i)
+      out.push_back(ring_[static_cast<std::size_t>(
+          base * w_ + (ring_start_[static_cast<std::size_t>(base)] + i) % w_)]);
+    return out;
+  }
+
+  /// Cache-relative positions by age, per slot (−1 for free slots): the sinks 0 … S − 1, then
+  /// cascade C − 1's tokens oldest first, …, cascade 0's newest last. Upstream rotates cached
+  /// keys to these positions every step and puts the next query right after them. O(slots).
+  void relative_positions(index_t head, std::span<std::int64_t> out) const {
+    if (static_cast<index_t>(out.size()) != slots_)
+      detail::fail("out", detail::cat("one entry per slot (", slots_, ")"), out.size());
+    std::fill(out.begin(), out.end(), -1);
+    const index_t h = stored(head);
+    std::int64_t next = 0;
+    for (index_t i = 0; i < std::min<index_t>(params_.sinks, count_); ++i)
+      out[static_cast<std::size_t>(sink_[static_cast<std::size_t>(h * params_.sinks + i)])] =
+          next++;
+    for (index_t c = params_.cascades - 1; c >= 0; --c)
+      for (token_t s : cascade(head, c)) out[static_cast<std::size_t>(s)] = next++;
+  }
+
+  // ---- prefill ---------------------------------------------------------------------------------
+
+  /// Linear-time chunked prefill: `prompt` holds the next n tokens' keys and values (positions
+  /// continue the sequence) and `queries` their n queries. Chunk by chunk (`stride` tokens),
+  /// the chunk's queries attend to [the live slots, the chunk causally]; the EMA of every live
+  /// token and the chunk's tokens is updated query by query; then the chunk's tokens are inserted
+  /// one by one, their keys and values written into `slots` (the engine's slot memory,
+  /// `tokens == slots()`) where they are kept.
+  ///
+  /// O(n · (S + C·W + stride) · d · q_heads) FLOPs; scratch from `ws`: kv_heads · (S + C·W +
+  /// stride) · (d + d_v) elements and the attention's passes; no allocation once warm.
+  template <Element T>
+  void prefill(const KVCache<T>& slots, const KVCache<T>& prompt, const QueryWindow<T>& queries,
+               std::int64_t first_position, Workspace& ws) {
+    if (slots.tokens() != slots_)
+      detail::fail("slots.tokens", detail::cat("the policy's slots (", slots_, ")"),
+                   slots.tokens());
+    if (queries.window() != prompt.tokens())
+      detail::fail("queries.window",
+                   detail::cat("one query per prompt token (", prompt.tokens(), ")"),
+                   queries.window());
+    if (prompt.kv_heads() != slots.kv_heads() || prompt.head_dim() != slots.head_dim() ||
+        prompt.head_dim_v() != slots.head_dim_v())
+      detail::fail("prompt", "the slots' kv_heads, head_dim and head_dim_v", "a different shape");
+    const index_t kv_heads = slots.kv_heads(), d = slots.head_dim(), dv = slots.head_dim_v();
+    const index_t n = prompt.tokens();
+    for (index_t c0 = 0; c0 < n; c0 += params_.stride) {
+      const index_t chunk = std::min(params_.stride, n - c0);
+      Workspace::Frame frame(ws);
+      // [live slots in slot order, then the chunk] per KV head, gathered into one dense view.
+      const index_t live = size(0), cols = live + chunk;
+      const auto kbuf = ws.take<T>(kv_heads * cols * d), vbuf = ws.take<T>(kv_heads * cols * dv);
+      const auto where = ws.take<token_t>(kv_heads * live);  // slot of each live column
+      for (index_t h = 0; h < kv_heads; ++h) {
+        index_t j = 0;
+        for (index_t s = 0; s < slots_; ++s) {
+          if (position(h, s) < 0) continue;
+          where[static_cast<std::size_t>(h * live + j)] = static_cast<token_t>(s);
+          std::copy_n(slots.key(h, s).data(), d, kbuf.data() + (h * cols + j) * d);
+          std::copy_n(slots.value(h, s).data(), dv, vbuf.data() + (h * cols + j) * dv);
+          ++j;
+        }
+        for (index_t i = 0; i < chunk; ++i) {
+          std::copy_n(prompt.key(h, c0 + i).data(), d, kbuf.data() + (h * cols + live + i) * d);
+          std::copy_n(prompt.value(h, c0 + i).data(), dv, vbuf.data() + (h * cols + live + i) * dv);
+        }
+      }
+      const KVCache<T> view(Storage<T>::hnd(kbuf.data(), cols, d),
+                            Storage<T>::hnd(vbuf.data(), cols, dv), {kv_heads, cols, d, dv});
+      // EMA over the chunk's queries in order: query i weighs (1 − β) β^(chunk − 1 − i).
+      const auto weights = ws.take<float>(chunk);
+      for (index_t i = 0; i < chunk; ++i)
+        weights[static_cast<std::size_t>(i)] = static_cast<float>(
+            (1.0 - params_.beta) * std::pow(params_.beta, static_cast<double>(chunk - 1 - i)));
+      const auto attention = ws.take<float>(queries.q_heads() * cols);
+      window_attention(view, queries.sub(c0, chunk),
+                       {.reduce = WindowReduce::sum, .query_weights = weights}, attention, ws);
+      const index_t stored = table_.heads();
+      const auto gained = ws.take<float>(stored * cols);
+      reduce_groups(attention, queries.q_heads(), cols, kv_heads, params_.reduce, params_.shared,
+                    gained);
+      // β^chunk · s as s − (1 − β^chunk)·s, the complement from double (see `observe`).
+      const auto fade =
+          static_cast<float>(-std::expm1(static_cast<double>(chunk) * std::log(params_.beta)));
+      for (index_t h = 0; h < stored; ++h)
+        for (index_t j = 0; j < live; ++j) {
+          const auto slot = where[static_cast<std::size_t>(h * live + j)];
+          float& s = score_[static_cast<std::size_t>(h * slots_ + slot)];
+          s = s - fade * s + gained[static_cast<std::size_t>(h * cols + j)];
+        }
+      for (index_t i = 0; i < chunk; ++i) {
+        const auto slot = append(first_position + c0 + i);
+        for (index_t h = 0; h < kv_heads; ++h) {
+          const auto s = slot[static_cast<std::size_t>(h)];
+          std::copy_n(prompt.key(h, c0 + i).data(), d, slots.key(h, s).data());
+          std::copy_n(prompt.value(h, c0 + i).data(), dv, slots.value(h, s).data());
+        }
+        evicted_.clear();
+        for (index_t h = 0; h < stored; ++h) {
+          score_[static_cast<std::size_t>(h * slots_ + pending_[static_cast<std::size_t>(h)])] =
+              gained[static_cast<std::size_t>(h * cols + live + i)];
+          insert(h, pending_[static_cast<std::size_t>(h)]);
+        }
+        ++count_;
+      }
+    }
+  }
+
+  // ---- one-shot
+  // ----------------------------------------------------------------------------------
+
+  /// Runs the cascade over tokens 0 … n − 1 with scores from the window's attention (the token
+  /// at position j scores its window attention, positions before the window see none), and keeps
+  /// what stays. Budget B gives W = (B − S) / C; B ≥ n keeps everything.
+  template <Element T>
+  void select(const KVCache<T>& kv, const QueryWindow<T>& queries, Budget budget, Selection& out,
+              Workspace& ws) const {
+    const index_t b = detail::begin_select(kv, queries, budget, out, params_.shared,
+                                           params_.sinks + params_.cascades, "sinks + cascades");
+    if (b == 0) return;
+    const index_t n = kv.tokens(), q_heads = queries.q_heads();
+    Workspace::Frame frame(ws);
+    const auto attention = ws.take<float>(q_heads * n);
+    window_attention(kv, queries, {.reduce = WindowReduce::sum}, attention, ws);
+    const index_t stored = out.stored_heads();
+    const auto score = ws.take<float>(stored * n);
+    reduce_groups(attention, q_heads, n, kv.kv_heads(), params_.reduce, params_.shared, score);
+    Cascade run(params_);
+    run.start({.kv_heads = stored, .q_heads = stored, .budget = b});  // one row per stored head
+    // Feed each token's window score as its own "attention": a one-row-per-stored-head step.
+    const auto rows = ws.take<float>(stored * run.slots());
+    for (index_t j = 0; j < n; ++j) {
+      const auto slot = run.append(j);
+      std::fill(rows.begin(), rows.end(), 0.0f);
+      for (index_t h = 0; h < stored; ++h)
+        rows[static_cast<std::size_t>(h * run.slots() +
+                                      slot[static_cast<std::size_t>(params_.shared ? 0 : h)])] =
+            score[static_cast<std::size_t>(h * n + j)];
+      run.observe({rows.data(), stored, run.slots(), run.slots()});
+    }
+    const auto keep = ws.take<std::uint8_t>(n);
+    for (index_t h = 0; h < stored; ++h) {
+      std::fill(keep.begin(), keep.end(), std::uint8_t{0});
+      for (index_t s = 0; s < run.slots(); ++s)
+        if (run.position(h, s) >= 0) keep[static_cast<std::size_t>(run.position(h, s))] = 1;
+      add_head_from_mask(out, keep);
+    }
+  }
+
+ private:
+  index_t stored(index_t head) const noexcept { return params_.shared ? 0 : head; }
+
+  /// Walks the newcomer in `slot` (token index `count_`) through the sinks and cascades of
+  /// stored head h; at most one slot leaves. O(C).
+  void insert(index_t h, token_t slot) {
+    const index_t t = count_, sinks = params_.sinks;
+    if (t < sinks) {
+      sink_[static_cast<std::size_t>(h * sinks + t)] = slot;
+      return;
+    }
+    const bool eager = t <= sinks + params_.cascades * w_;
+    const float* score = score_.data() + h * slots_;
+    token_t carry = slot;
+    for (index_t c = 0; c < params_.cascades; ++c) {
+      const auto base = static_cast<std::size_t>(h * params_.cascades + c);
+      index_t& start = ring_start_[base];
+      index_t& count = ring_size_[base];
+      token_t* ring = ring_.data() + base * static_cast<std::size_t>(w_);
+      const bool accepts = eager || ((t - sinks) & ((index_t{1} << c) - 1)) == 0;
+      if (count < w_ && (accepts || count == 0)) {  // room (an empty cascade takes anyone)
+        ring[(start + count) % w_] = carry;
+        ++count;
+        return;
+      }
+      if (accepts) {  // full: the oldest moves on
+        const token_t oldest = ring[start];
+        ring[start] = carry;
+        start = (start + 1) % w_;
+        carry = oldest;
+        continue;
+      }
+      // Not accepting: a contest with the newest (ties go to the newcomer).
+      token_t& newest = ring[(start + count - 1) % w_];
+      if (score[carry] >= score[newest]) std::swap(carry, newest);
+      break;
+    }
+    table_.release(h, carry);
+    evicted_.push(h, carry);
+  }
+
+  Params params_;
+  index_t slots_ = 0, w_ = 0, q_heads_ = 0, count_ = 0;
+  detail::SlotTable table_;
+  std::vector<float> score_;         ///< per stored head and slot: EMA score
+  std::vector<float> step_;          ///< one step's group-reduced attention per slot
+  std::vector<token_t> ring_;        ///< per stored head and cascade: W slot ids
+  std::vector<index_t> ring_start_;  ///< index of the oldest
+  std::vector<index_t> ring_size_;   ///< tokens held
+  std::vector<token_t> sink_;        ///< per stored head: the S sink slots
+  std::vector<token_t> pending_;     ///< per stored head: the newcomer's slot
+  std::vector<token_t> append_slots_;
+  detail::EvictionList evicted_;
+};
+
+}  // namespace kvevict
