@@ -198,6 +198,43 @@ TEST_F(Cli, CormTakesNoBudget) {
             "kvevict: budget: expected none: corm is budget-free, got 5\n");
 }
 
+TEST_F(Cli, EvalWritesTableCsvAndPlot) {
+  const std::string csv = path("eval.csv"), svg = path("eval.svg"), heads = path("heads.csv");
+  const Result r =
+      run("eval --workload default,needle_inside --workload-set n=300 --policies "
+          "snapkv,h2o,corm --set snapkv.window=16 --ratios 0.2,0.4 --csv " +
+          csv + " --plot " + svg + " --per-head " + heads);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(r.err.empty()) << r.err;  // no progress bar when stderr is not a terminal
+  EXPECT_NE(r.out.find("needle_inside  snapkv         40%"), std::string::npos) << r.out;
+  std::ifstream in(csv);
+  std::string line;
+  int lines = 0;
+  while (std::getline(in, line)) ++lines;
+  EXPECT_EQ(lines, 1 + 2 * (2 + 2 + 1));  // header + 2 workloads × (2 + 2 budgets + corm once)
+  std::ifstream plot(svg);
+  std::stringstream text;
+  text << plot.rdbuf();
+  EXPECT_NE(text.str().find("data-series=\"corm (kept "), std::string::npos);  // budget-free
+  EXPECT_EQ(run("eval --workload default --set snapkv.windw=4 --policies snapkv").err,
+            "kvevict: --set: expected a parameter of snapkv (window, kernel, pool, reduce, ada, "
+            "alpha_safeguard), got 'windw'\n");
+  EXPECT_EQ(run("eval --workload default --set h2o.recent=4 --policies snapkv").err,
+            "kvevict: --set: expected settings for a policy in --policies, got 'h2o'\n");
+  EXPECT_EQ(run("eval --workload default --mode streaming").err,
+            "kvevict: --mode: expected one-shot or replay, got 'streaming'\n");
+}
+
+TEST_F(Cli, DemoWritesItsFiles) {
+  const Result r = run("demo --out-dir " + dir_.string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(dir_ / "kvevict-demo.csv"));
+  EXPECT_TRUE(fs::exists(dir_ / "kvevict-demo.svg"));
+  for (auto name : eval::policy_names())
+    EXPECT_NE(r.out.find(std::string(name)), std::string::npos);
+  EXPECT_NE(r.out.find("wrote "), std::string::npos);
+}
+
 TEST_F(Cli, ListShowsEveryPolicyAndItsDefaults) {
   const Result r = run("list");
   ASSERT_EQ(r.code, 0);
@@ -273,7 +310,8 @@ TEST_F(Cli, BadInputExitsWithOneLineAndWritesNothing) {
        "--ratio --set --seed --shared --out, got '--bogus'\n"},
       {"select --policy snapkv --budget 10 --keys " + path("k.npy"),
        "kvevict: --values: expected to be given, got nothing\n"},
-      {"frobnicate", "kvevict: command: expected list, select or replay, got 'frobnicate'\n"},
+      {"frobnicate",
+       "kvevict: command: expected list, select, replay, eval or demo, got 'frobnicate'\n"},
   };
   for (const auto& [args, message] : cases) {
     fs::remove(out);

@@ -275,5 +275,9 @@ int list();
 int select(int argc, char** argv);
 /// `kvevict replay …`.
 int replay(int argc, char** argv);
+/// `kvevict eval …`.
+int eval_command(int argc, char** argv);
+/// `kvevict demo [--out-dir DIR]`.
+int demo(int argc, char** argv);
 
 }  // namespace kvevict::cli

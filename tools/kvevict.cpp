@@ -17,6 +17,12 @@ constexpr const char* usage =
     "  kvevict replay --policy NAME --keys K.npy --values V.npy --queries Q.npy [--wo WO.npy]\n"
     "                 [--budget N]\n"
     "                 [--set key=value]... [--seed S] [--shared] [--window W] [--out OUT.json]\n"
+    "  kvevict eval   [--workload NAME,… [--workload-set knob=value]… |\n"
+    "                  --keys K.npy --values V.npy --queries Q.npy [--wo WO.npy] [--future F]]\n"
+    "                 [--policies a,b,…] [--ratios 0.1,0.2,0.3 | --budgets 256,512]\n"
+    "                 [--mode one-shot|replay] [--window W] [--set policy.key=value]… [--seed S]\n"
+    "                 [--csv FILE] [--plot FILE.svg] [--per-head FILE.csv]\n"
+    "  kvevict demo   [--out-dir DIR]                 every policy on the default workload\n"
     "\n"
     "Arrays: C-order little-endian float32 or float16 .npy; K, V [kv_heads, n, d];\n"
     "select: Q [q_heads, w, d], the queries of positions n-w … n-1.\n"
@@ -35,7 +41,10 @@ int main(int argc, char** argv) {
     if (command == "list") return kvevict::cli::list();
     if (command == "select") return kvevict::cli::select(argc, argv);
     if (command == "replay") return kvevict::cli::replay(argc, argv);
-    std::fprintf(stderr, "kvevict: command: expected list, select or replay, got '%s'\n",
+    if (command == "eval") return kvevict::cli::eval_command(argc, argv);
+    if (command == "demo") return kvevict::cli::demo(argc, argv);
+    std::fprintf(stderr,
+                 "kvevict: command: expected list, select, replay, eval or demo, got '%s'\n",
                  command.c_str());
     return 2;
   } catch (const kvevict::error& e) {

@@ -344,6 +344,17 @@ inline bool budget_free(const AnyPolicy& policy) {
       policy);
 }
 
+/// True for the policy called `name` when it is budget-free (false for unknown names).
+inline bool is_budget_free(std::string_view name) {
+  bool out = false;
+  for_each_policy([&]<class P>() {
+    if (P::name == name) out = requires {
+        P::budget_free;
+      };
+  });
+  return out;
+}
+
 /// The name of a configured policy.
 inline std::string_view name_of(const AnyPolicy& policy) {
   return std::visit([](const auto& p) { return std::decay_t<decltype(p)>::name; }, policy);
