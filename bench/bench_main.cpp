@@ -121,7 +121,7 @@ void BM_SnapKV_PoolSelect(benchmark::State& state) {
                                                                 static_cast<std::size_t>(prefix)),
                       std::span<float>(pooled).subspan(static_cast<std::size_t>(h * prefix),
                                                        static_cast<std::size_t>(prefix)),
-                      7, kvevict::Pool::max);
+                      7, kvevict::Pool::max, ws);
     kvevict::reduce_groups(pooled, kQHeads, prefix, kKVHeads, kvevict::GroupReduce::mean, false,
                            reduced);
     for (index_t h = 0; h < kKVHeads; ++h) {

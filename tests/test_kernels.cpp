@@ -157,24 +157,51 @@ TEST(ReduceGroups, MeanMaxSumAndShared) {
 TEST(Pool, MaxAndAvgEdgesOddAndEvenKernels) {
   const std::vector<float> in{1, 5, 1, 1, 1, 3};
   std::vector<float> out(6);
-  pool1d(in, out, 3, Pool::max);  // out-of-range neighbours ignored
+  Workspace ws;
+  pool1d(in, out, 3, Pool::max, ws);  // out-of-range neighbours ignored
   EXPECT_EQ(out, (std::vector<float>{5, 5, 5, 1, 3, 3}));
-  pool1d(in, out, 3, Pool::avg);  // zero padding, divided by 3 (count_include_pad)
+  pool1d(in, out, 3, Pool::avg, ws);  // zero padding, divided by 3 (count_include_pad)
   const std::vector<float> avg3{2, 7.0f / 3, 7.0f / 3, 1, 5.0f / 3, 4.0f / 3};
   for (int i = 0; i < 6; ++i)
     EXPECT_FLOAT_EQ(out[static_cast<std::size_t>(i)], avg3[static_cast<std::size_t>(i)]);
-  pool1d(in, out, 4, Pool::max);  // even: window [j − 2, j + 1], torch's first n outputs
+  pool1d(in, out, 4, Pool::max, ws);  // even: window [j − 2, j + 1], torch's first n outputs
   EXPECT_EQ(out, (std::vector<float>{5, 5, 5, 5, 3, 3}));
-  pool1d(in, out, 4, Pool::avg);
+  pool1d(in, out, 4, Pool::avg, ws);
   const std::vector<float> avg4{6.0f / 4, 7.0f / 4, 8.0f / 4, 8.0f / 4, 6.0f / 4, 5.0f / 4};
   for (int i = 0; i < 6; ++i)
     EXPECT_FLOAT_EQ(out[static_cast<std::size_t>(i)], avg4[static_cast<std::size_t>(i)]);
-  pool1d(in, out, 1, Pool::max);
+  pool1d(in, out, 1, Pool::max, ws);
   EXPECT_EQ(out, in);
-  pool1d(in, out, 9, Pool::max);  // kernel wider than the input
+  pool1d(in, out, 9, Pool::max, ws);  // kernel wider than the input
   EXPECT_EQ(out, std::vector<float>(6, 5));
-  expect_error([&] { pool1d(in, out, 0, Pool::max); },
+  expect_error([&] { pool1d(in, out, 0, Pool::max, ws); },
                "kernel: expected a pooling kernel >= 1, got 0");
+}
+
+// The O(n) paths for large kernels agree with the direct definition on random data.
+TEST(Pool, LargeKernelsAgreeWithTheDefinition) {
+  std::mt19937_64 rng(4);
+  std::normal_distribution<float> normal;
+  Workspace ws;
+  for (index_t n : {1, 2, 9, 10, 57, 300})
+    for (index_t k : {1, 8, 9, 10, 16, 31, 64, 301, 1000}) {
+      std::vector<float> in(static_cast<std::size_t>(n)), out(in.size());
+      for (float& x : in) x = normal(rng);
+      for (Pool kind : {Pool::max, Pool::avg}) {
+        pool1d(in, out, k, kind, ws);
+        for (index_t j = 0; j < n; ++j) {
+          const index_t lo = std::max<index_t>(0, j - k / 2), hi = std::min(n, j - k / 2 + k);
+          double want = kind == Pool::max ? -1e30 : 0.0;
+          for (index_t t = lo; t < hi; ++t)
+            want = kind == Pool::max
+                       ? std::max(want, static_cast<double>(in[static_cast<std::size_t>(t)]))
+                       : want + in[static_cast<std::size_t>(t)];
+          if (kind == Pool::avg) want /= static_cast<double>(k);
+          ASSERT_NEAR(out[static_cast<std::size_t>(j)], want, 1e-5)
+              << "n=" << n << " k=" << k << " j=" << j << " " << to_string(kind);
+        }
+      }
+    }
 }
 
 TEST(TopK, TieRuleKeepsTheMoreRecentToken) {

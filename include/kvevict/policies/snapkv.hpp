@@ -118,7 +118,7 @@ class SnapKV {
     for (index_t h = 0; h < q_heads; ++h)
       pool1d(attention.subspan(static_cast<std::size_t>(h * n), static_cast<std::size_t>(prefix)),
              pooled.subspan(static_cast<std::size_t>(h * prefix), static_cast<std::size_t>(prefix)),
-             params_.kernel, params_.pool);
+             params_.kernel, params_.pool, ws);
     const index_t groups = params_.shared ? 1 : kv.kv_heads();
     const auto reduced = ws.take<float>(groups * prefix);
     reduce_groups(pooled, q_heads, prefix, kv.kv_heads(), params_.reduce, params_.shared, reduced);
