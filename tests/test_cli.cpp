@@ -2,6 +2,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <kvevict/eval/npy.hpp>
 #include <kvevict/eval/registry.hpp>
+#include <kvevict/eval/workload.hpp>
 
 #include <cstdio>
 #include <filesystem>
@@ -85,6 +86,39 @@ class Cli : public ::testing::Test {
     const std::vector<index_t> shape{2, 40, 8};
     npy::write(path("k_inf.npy"), npy::DType::float32, shape, bad.data());
     std::ofstream(path("garbage.npy")) << "not an npy file at all";
+    auto poisoned = [&](const std::string& name, std::vector<float> x, std::vector<index_t> shape,
+                        std::size_t at, float value) {
+      x[at] = value;
+      npy::write(path(name), npy::DType::float32, shape, x.data());
+    };
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    poisoned("v_nan.npy", v_, {2, 40, 8}, 40 * 8 + 3 * 8 + 1, nan);
+    poisoned("q_nan.npy", q_, {4, 8, 8}, 2 * 64 + 7 * 8, -std::numeric_limits<float>::infinity());
+    poisoned("wo_nan.npy", wo_, {4, 8, 12}, 3 * 96 + 5, nan);
+    // Headers numpy writes for arrays the command does not take, and a cut file.
+    auto raw = [&](const std::string& name, const std::string& dict, std::size_t data_bytes,
+                   std::size_t keep = std::string::npos) {
+      std::string h = dict;
+      while ((10 + h.size() + 1) % 64 != 0) h += ' ';
+      h += '\n';
+      std::string f = "\x93NUMPY";
+      f += '\x01';
+      f += '\0';
+      f += static_cast<char>(h.size() & 0xff);
+      f += static_cast<char>(h.size() >> 8);
+      f += h + std::string(data_bytes, '\0');
+      std::ofstream(path(name), std::ios::binary) << f.substr(0, keep);
+    };
+    raw("k_fortran.npy", "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 40, 8), }", 2560);
+    raw("k_big.npy", "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 40, 8), }", 2560);
+    raw("k_f64.npy", "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 40, 8), }", 5120);
+    raw("k_cut.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 40, 8), }", 2560,
+        64 + 1000);
+    raw("k_header_cut.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 40, 8), }", 2560,
+        30);
+    raw("k_rank2.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (80, 8), }", 2560);
+    raw("k_empty.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 0, 8), }", 0);
+    std::ofstream(path("a_file")) << "x";
   }
   static void TearDownTestSuite() { fs::remove_all(dir_); }
   static std::string path(const std::string& name) { return (dir_ / name).string(); }
@@ -272,6 +306,12 @@ std::string known_policies() {
   return out;
 }
 
+std::string known_workloads() {
+  std::string out;
+  for (auto name : eval::workload_names()) out += (out.empty() ? "" : ", ") + std::string(name);
+  return out;
+}
+
 // Every bad input exits non-zero with one line naming what is wrong, and writes nothing.
 TEST_F(Cli, BadInputExitsWithOneLineAndWritesNothing) {
   const std::string out = path("never.json");
@@ -312,10 +352,93 @@ TEST_F(Cli, BadInputExitsWithOneLineAndWritesNothing) {
        "kvevict: --values: expected to be given, got nothing\n"},
       {"frobnicate",
        "kvevict: command: expected list, select, replay, eval or demo, got 'frobnicate'\n"},
+      // non-finite values in every input
+      {"select --policy snapkv --budget 10 " + inputs("k.npy", "v_nan.npy"),
+       "kvevict: values: expected finite values, got nan at [1, 3, 1]\n"},
+      {"select --policy snapkv --budget 10 " + inputs("k.npy", "v.npy", "q_nan.npy"),
+       "kvevict: queries: expected finite values, got -inf at [2, 7, 0]\n"},
+      {"select --policy criticalkv --budget 10 --set window=4 --wo " + path("wo_nan.npy") + " " +
+           inputs(),
+       "kvevict: wo: expected finite values, got nan at [3, 0, 5]\n"},
+      {"select --policy criticalkv --budget 10 --set window=4 --wo " + path("wo_bad.npy") + " " +
+           inputs(),
+       "kvevict: wo: expected shape [4, 8, hidden] (q_heads and d_v of the inputs), got [4, 6, "
+       "12]\n"},
+      {"select --policy criticalkv --budget 10 --set window=4 " + inputs(),
+       "kvevict: --wo: expected the output projection W_o for criticalkv, got none\n"},
+      // npy files the command does not take
+      {"select --policy snapkv --budget 10 " + inputs("k_fortran.npy"),
+       "kvevict: keys: expected C order (fortran_order False), got a Fortran-order array\n"},
+      {"select --policy snapkv --budget 10 " + inputs("k_big.npy"),
+       "kvevict: keys: expected little-endian float32 or float16 ('<f4' or '<f2'), got "
+       "big-endian '>f4'\n"},
+      {"select --policy snapkv --budget 10 " + inputs("k_f64.npy"),
+       "kvevict: keys: expected dtype float32 or float16 ('<f4' or '<f2'), got '<f8'\n"},
+      {"select --policy snapkv --budget 10 " + inputs("k_cut.npy"),
+       "kvevict: keys: expected 2560 bytes of data for its shape, got 936 (truncated)\n"},
+      {"select --policy snapkv --budget 10 " + inputs("k_header_cut.npy"),
+       "kvevict: keys: expected a header of 118 bytes, got only 20 bytes after the preamble "
+       "(truncated file)\n"},
+      {"select --policy snapkv --budget 10 " + inputs("k_rank2.npy"),
+       "kvevict: keys: expected a 3-d array [kv_heads, n, d], got 2 dimensions\n"},
+      {"select --policy snapkv --budget 10 " + inputs("k_empty.npy"),
+       "kvevict: keys: expected a non-empty array [kv_heads, n, d], got a dimension of 0\n"},
+      {"select --policy snapkv --budget 10 " + inputs("missing.npy"),
+       "kvevict: keys: expected a readable .npy file, got '" + path("missing.npy") + "'\n"},
+      // budgets
+      {"select --policy snapkv --budget -5 " + inputs(),
+       "kvevict: budget: expected a token count >= 1, got -5\n"},
+      {"select --policy snapkv --ratio -0.2 " + inputs(),
+       "kvevict: budget: expected a ratio in (0, 1], got -0.2\n"},
+      {"select --policy snapkv --ratio nan " + inputs(),
+       "kvevict: --ratio: expected a finite number, got 'nan'\n"},
+      {"select --policy snapkv --budget 12x " + inputs(),
+       "kvevict: --budget: expected an integer, got '12x'\n"},
+      // outputs that cannot be written are refused before any work
+      {"replay --policy h2o --budget 10 " + inputs("k.npy", "v.npy", "q_all.npy") + " --out " +
+           path("no_dir/x.json"),
+       "kvevict: --out: expected a file in an existing directory, got '" + path("no_dir/x.json") +
+           "'\n"},
+      {"eval --workload default --workload-set n=128 --policies tova --csv " + dir_.string(),
+       "kvevict: --csv: expected a file path (not a directory), got '" + dir_.string() + "'\n"},
+      {"demo --out-dir " + path("a_file"),
+       "kvevict: --out-dir: expected a directory (it is created if missing), got '" +
+           path("a_file") + "'\n"},
+      // eval and replay arguments
+      {"eval --workload nope",
+       "kvevict: workload: expected one of " + known_workloads() + ", got 'nope'\n"},
+      {"eval --workload default --workload-set head_dim=0",
+       "kvevict: head_dim: expected an even head_dim in [16, 1024], got 0\n"},
+      {"eval --workload default --workload-set n=100000000",
+       "kvevict: n: expected 16 <= n <= 2^24 tokens, got 100000000\n"},
+      {"eval --workload default --workload-set n=4000000 --workload-set head_dim=256",
+       "kvevict: n: expected a workload of at most 2^30 floats (4 GiB) over K, V, Q, the held-out "
+       "queries and W_o; lower n, head_dim, kv_heads or group, got 12292227072 floats\n"},
+      {"eval --workload default --workload-set colour=red",
+       "kvevict: --workload-set: expected a knob: n, head_dim, kv_heads, group, window, future, "
+       "sinks, sink_strength, sink_value, recency, heavy_fraction, heavy_strength, needles, "
+       "needle_strength, question, value_sigma, rope_base, noise, seed, got 'colour'\n"},
+      {"eval --workload default --ratios 0.1,2",
+       "kvevict: budget: expected a ratio in (0, 1], got 2\n"},
+      {"eval --workload default --mode sideways",
+       "kvevict: --mode: expected one-shot or replay, got 'sideways'\n"},
+      {"eval --workload default --set snapkv.windw=3 --policies snapkv",
+       "kvevict: --set: expected a parameter of snapkv (window, kernel, pool, reduce, ada, "
+       "alpha_safeguard), got 'windw'\n"},
+      {"replay --policy corm --budget 10 " + inputs("k.npy", "v.npy", "q_all.npy"),
+       "kvevict: budget: expected none: corm is budget-free, got 10\n"},
+      {"replay --policy h2o --budget 10 " + inputs(),
+       "kvevict: queries: expected one query per position: [q_heads, 40, 8], got [4, 8, 8]\n"},
   };
   for (const auto& [args, message] : cases) {
     fs::remove(out);
-    const Result r = run(args + " --out " + out);
+    // Each command's own output option points at `out`, unless the case is about it.
+    std::string output;
+    if (args.find("--out") == std::string::npos && args.find("--csv") == std::string::npos)
+      output = args.rfind("eval", 0) == 0   ? " --csv " + out
+               : args.rfind("demo", 0) == 0 ? ""
+                                            : " --out " + out;
+    const Result r = run(args + output);
     EXPECT_NE(r.code, 0) << args;
     EXPECT_EQ(r.err, message) << args;
     EXPECT_FALSE(fs::exists(out)) << args;

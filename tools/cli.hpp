@@ -7,6 +7,7 @@
 #include <kvevict/kvevict.hpp>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -257,16 +258,45 @@ inline void params_json(Json& j, const eval::AnyPolicy& policy) {
   j.raw("}");
 }
 
+/// Fails unless `path` can be written as a file: not a directory, in a directory that exists.
+/// Called before any work, so a bad output path costs nothing and nothing is written.
+inline void check_writable(const std::string& option, const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path p(path);
+  if (path.empty() || fs::is_directory(p, ec))
+    fail(option, "a file path (not a directory)", "'", path, "'");
+  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  if (!fs::is_directory(dir, ec)) fail(option, "a file in an existing directory", "'", path, "'");
+}
+
+/// Writes `text` to `path` whole or not at all: into a temporary file beside it, renamed over
+/// `path` once complete (a reader never sees half a file; a failed write leaves no file).
+inline void write_file(const std::string& option, const std::string& path,
+                       const std::string& text) {
+  const std::string tmp = path + ".kvevict-tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary);
+    out << text;
+    out.flush();
+    if (!out) {
+      std::remove(tmp.c_str());
+      fail(option, "a writable file", "'", path, "'");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    fail(option, "a writable file", "'", path, "'");
+  }
+}
+
 /// Writes `text` to `--out` (or stdout) only now that everything succeeded.
 inline void emit(const Args& args, const std::string& text) {
   if (!args.has("--out")) {
     std::fwrite(text.data(), 1, text.size(), stdout);
     return;
   }
-  const std::string path = args.get("--out");
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-  if (!out) fail("--out", "a writable file", "'", path, "'");
+  write_file("--out", args.get("--out"), text);
 }
 
 /// `kvevict list`.

@@ -226,12 +226,6 @@ std::string plot(const std::vector<eval::Row>& rows, const std::vector<eval::Lay
   return eval::render_svg(panels);
 }
 
-void write_file(const std::string& option, const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-  if (!out) fail(option, "a writable file", "'", path, "'");
-}
-
 std::vector<Budget> budgets(const Args& args) {
   std::vector<Budget> out;
   if (args.has("--ratios") && args.has("--budgets"))
@@ -253,6 +247,8 @@ int eval_command(int argc, char** argv) {
   args.allow({"--workload", "--workload-set", "--keys", "--values", "--queries", "--wo", "--window",
               "--future", "--policies", "--ratios", "--budgets", "--mode", "--set", "--seed",
               "--csv", "--plot", "--per-head"});
+  for (const char* option : {"--csv", "--plot", "--per-head"})
+    if (args.has(option)) check_writable(option, args.get(option));
   Plan plan;
   plan.seed = seed(args);
   plan.budgets = budgets(args);
@@ -315,6 +311,10 @@ int demo(int argc, char** argv) {
   const Args args(argc, argv, 2, {});
   args.allow({"--out-dir"});
   const std::filesystem::path dir = args.get("--out-dir", ".");
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);  // a new directory is fine; a file is not
+  if (!std::filesystem::is_directory(dir))
+    fail("--out-dir", "a directory (it is created if missing)", "'", dir.string(), "'");
   const auto start = std::chrono::steady_clock::now();
   Plan plan;
   plan.layers.push_back(eval::layer_from(eval::generate(eval::workload_preset("default"))));

@@ -10,6 +10,7 @@ int replay(int argc, char** argv) {
   const Args args(argc, argv, 2, {"--shared"});
   args.allow({"--policy", "--keys", "--values", "--queries", "--wo", "--budget", "--set", "--seed",
               "--shared", "--window", "--out"});
+  if (args.has("--out")) check_writable("--out", args.get("--out"));
   std::optional<index_t> budget;
   if (args.has("--budget")) budget = parse_count("--budget", args.get("--budget"));
   const index_t window = parse_count("--window", args.get("--window", "32"));

@@ -31,6 +31,7 @@ int select(int argc, char** argv) {
   const Args args(argc, argv, 2, {"--shared"});
   args.allow({"--policy", "--keys", "--values", "--queries", "--wo", "--budget", "--ratio", "--set",
               "--seed", "--shared", "--out"});
+  if (args.has("--out")) check_writable("--out", args.get("--out"));
   const auto s = settings(args);
   Inputs in(args, "[q_heads, w, d]");
   npy::Array wo_array;

@@ -37,6 +37,7 @@
 
 #include <concepts>
 #include <cstdint>
+#include <exception>
 #include <span>
 #include <string_view>
 
@@ -131,18 +132,39 @@ concept reports_slots = requires(const P& p, index_t i) {
 
 /// A one-shot policy: selects, from a cache view and the window of the last queries, the tokens
 /// each KV head keeps under a budget. `select` is const: a policy object holds only parameters,
-/// so one object may serve many threads (each with its own `Selection` and `Workspace`).
+/// so one object may serve many threads (each with its own `Selection` and `Workspace`). A
+/// `select` that throws leaves `out` incomplete (`detail::ClearOnError`), so `compact` rejects it.
 template <class P, class T>
 concept EvictionPolicy = Element<T> && named_policy<P> && selects_from_window<P, T>;
 
 /// A decode-time policy: keeps per-sequence state over the engine's slots, is told of each new
 /// token and the attention its query produced, and says which slots to evict. No allocation
-/// after `start`. One object per sequence.
+/// after `start`. One object per sequence, used by one thread at a time. `append` and `observe`
+/// validate before they change state: after an error the sequence is as it was.
 template <class P, class T>
 concept StreamingPolicy = Element<T> && named_policy<P> && starts_sequences<P> &&
     appends_tokens<P> && observes_attention<P> && reports_slots<P>;
 
 namespace detail {
+
+/// Declared first in every `select`: if the call throws, `out` is left *incomplete* (reset, no
+/// head filled), whatever it held before and however far filling got. `compact` and
+/// `Selection::validate` reject an incomplete selection, so an error can never leave behind a
+/// selection that looks valid (a stale one from an earlier call, or half of this one).
+class ClearOnError {
+ public:
+  explicit ClearOnError(Selection& out) noexcept
+      : out_(out), exceptions_(std::uncaught_exceptions()) {}
+  ClearOnError(const ClearOnError&) = delete;
+  ClearOnError& operator=(const ClearOnError&) = delete;
+  ~ClearOnError() {
+    if (std::uncaught_exceptions() > exceptions_) out_.clear();
+  }
+
+ private:
+  Selection& out_;
+  int exceptions_;
+};
 
 /// A budget must hold the protected regions (sinks, recent windows) outright.
 inline void check_protected(index_t budget, index_t protect, std::string_view what) {

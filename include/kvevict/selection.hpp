@@ -62,6 +62,15 @@ class Selection {
     indices_.clear();
   }
 
+  /// Empties the selection: no heads, incomplete (`validate` and `compact` reject it until it
+  /// is filled again). Keeps capacity; never throws.
+  void clear() noexcept {
+    offsets_.resize(1);
+    offsets_[0] = 0;
+    indices_.clear();
+    if (kv_heads_ < 1) kv_heads_ = 1;  // so that `complete()` is false
+  }
+
   /// Reserves room for `total` indices (all heads together) so that filling does not allocate.
   void reserve(index_t total) { indices_.reserve(static_cast<std::size_t>(total)); }
 

@@ -7,6 +7,7 @@
 /// which slots are free, and the per-step eviction list. Allocates only in `start`.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <span>
@@ -169,6 +170,31 @@ inline void check_rows(const AttentionRows& rows, index_t q_heads, index_t slots
   if (rows.slots != slots) fail("rows.slots", cat("the policy's slots (", slots, ")"), rows.slots);
   if (q_heads > 1 && rows.head_stride < slots)
     fail("rows.head_stride", cat("at least slots (", slots, ")"), rows.head_stride);
+}
+
+/// Checks that `rows` hold a finite, non-negative probability at every live slot (free slots
+/// are ignored, as `AttentionRows` promises). Query head q belongs to stored head
+/// q / (q_heads / table.heads()). Called by the policies that compute on the rows, before they
+/// change any state, so a bad step leaves the sequence as it was. O(q_heads · slots): one
+/// branch-free pass over bits (vectorised), about the cost of the policies' own pass.
+inline void check_probabilities(const AttentionRows& rows, const SlotTable& table) {
+  const index_t slots = table.slots(), g = rows.q_heads / table.heads();
+  for (index_t q = 0; q < rows.q_heads; ++q) {
+    const std::int64_t* position = table.positions(q / g).data();
+    const auto* row = reinterpret_cast<const std::uint32_t*>(rows.data + q * rows.head_stride);
+    // Valid: +0 … +max finite (bits below +inf's), or −0. A live slot has position ≥ 0.
+    std::uint32_t bad = 0;
+    for (index_t s = 0; s < slots; ++s)
+      bad |= static_cast<std::uint32_t>(position[s] >= 0) &
+             static_cast<std::uint32_t>(row[s] >= 0x7f800000u && row[s] != 0x80000000u);
+    if (bad == 0) continue;
+    for (index_t s = 0; s < slots; ++s) {
+      const float x = rows.at(q, s);
+      if (position[s] >= 0 && !(x >= 0.0f && std::isfinite(x)))
+        fail("rows", "finite probabilities >= 0 at live slots",
+             cat(x, " at query head ", q, ", slot ", s));
+    }
+  }
 }
 
 /// The per-step eviction list a streaming policy returns, preallocated in `start`.

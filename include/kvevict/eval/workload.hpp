@@ -247,13 +247,26 @@ inline Workload generate(const WorkloadSpec& spec) {
   using kvevict::detail::cat;
   using kvevict::detail::require;
   require(spec.n >= 16 && spec.n <= (index_t{1} << 24), "n", "16 <= n <= 2^24 tokens", spec.n);
-  require(spec.head_dim >= 16 && spec.head_dim % 2 == 0, "head_dim", "an even head_dim >= 16",
-          spec.head_dim);
-  require(spec.kv_heads >= 1 && spec.group >= 1, "kv_heads", "kv_heads >= 1 and group >= 1",
-          cat(spec.kv_heads, ", ", spec.group));
+  require(spec.head_dim >= 16 && spec.head_dim <= 1024 && spec.head_dim % 2 == 0, "head_dim",
+          "an even head_dim in [16, 1024]", spec.head_dim);
+  require(spec.kv_heads >= 1 && spec.kv_heads <= 256, "kv_heads", "1 <= kv_heads <= 256",
+          spec.kv_heads);
+  require(spec.group >= 1 && spec.group <= 64, "group", "1 <= group <= 64", spec.group);
   require(spec.window >= 1 && spec.window <= spec.n, "window",
           cat("1 <= window <= n (", spec.n, ")"), spec.window);
-  require(spec.future >= 1, "future", "at least 1 held-out query", spec.future);
+  require(spec.future >= 1 && spec.future <= spec.n, "future",
+          cat("1 <= future <= n (", spec.n, ") held-out queries"), spec.future);
+  {  // K, V, Q, F and W_o together: refuse what would not fit a workstation, before allocating
+    const double q_heads = static_cast<double>(spec.kv_heads * spec.group),
+                 d = static_cast<double>(spec.head_dim), n = static_cast<double>(spec.n);
+    const double floats = 2 * static_cast<double>(spec.kv_heads) * n * d +
+                          q_heads * (n + static_cast<double>(spec.future)) * d +
+                          q_heads * d * q_heads * d;
+    require(floats <= double(index_t{1} << 30), "n",
+            "a workload of at most 2^30 floats (4 GiB) over K, V, Q, the held-out queries and "
+            "W_o; lower n, head_dim, kv_heads or group",
+            cat(static_cast<long long>(floats), " floats"));
+  }
   require(spec.sinks >= 0 && spec.sinks < spec.n / 2, "sinks", "0 <= sinks < n / 2", spec.sinks);
   require(spec.needles >= 0 && spec.needles <= std::min<index_t>(spec.future, spec.head_dim / 8),
           "needles",

@@ -132,6 +132,7 @@ class Cascade {
   /// then inserts the newcomer into the sinks or the cascades.
   Evictions observe(const AttentionRows& rows) {
     detail::check_rows(rows, q_heads_, slots_);
+    detail::check_probabilities(rows, table_);
     evicted_.clear();
     const index_t stored = table_.heads(), g = q_heads_ / stored;
     // s ← β·s + (1 − β)·a, written s − c·s + c·a with c = 1 − β from double: β = 0.9999999
@@ -291,6 +292,7 @@ class Cascade {
   template <Element T>
   void select(const KVCache<T>& kv, const QueryWindow<T>& queries, Budget budget, Selection& out,
               Workspace& ws) const {
+    detail::ClearOnError on_error(out);
     const index_t b = detail::begin_select(kv, queries, budget, out, params_.shared,
                                            params_.sinks + params_.cascades, "sinks + cascades");
     if (b == 0) return;

@@ -87,6 +87,7 @@ class CORM {
   template <Element T>
   void select(const KVCache<T>& kv, const QueryWindow<T>& queries, Budget budget, Selection& out,
               Workspace& ws) const {
+    detail::ClearOnError on_error(out);
     check_window(kv, queries);
     const index_t n = kv.tokens(), w = queries.window();
     index_t cap = params_.max_tokens == 0 ? n : std::min(params_.max_tokens, n);
@@ -153,6 +154,7 @@ class CORM {
   /// (and, over the cap, the longest unimportant).
   Evictions observe(const AttentionRows& rows) {
     detail::check_rows(rows, q_heads_, slots_);
+    detail::check_probabilities(rows, table_);
     evicted_.clear();
     const index_t stored = table_.heads(), g = q_heads_ / stored;
     for (index_t h = 0; h < stored; ++h) {

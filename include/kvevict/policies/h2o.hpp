@@ -75,6 +75,7 @@ class H2O {
   template <Element T>
   void select(const KVCache<T>& kv, const QueryWindow<T>& queries, Budget budget, Selection& out,
               Workspace& ws) const {
+    detail::ClearOnError on_error(out);
     check_window(kv, queries);
     const index_t b0 = budget.resolve(kv.tokens());
     const index_t r = recent_for(b0);
@@ -155,6 +156,7 @@ class H2O {
   /// Adds the step's attention to `acc`; evicts the non-recent argmin when over budget.
   Evictions observe(const AttentionRows& rows) {
     detail::check_rows(rows, q_heads_, slots_);
+    detail::check_probabilities(rows, table_);
     evicted_.clear();
     const index_t stored = table_.heads(), g = q_heads_ / stored;
     float* const step = step_.data();

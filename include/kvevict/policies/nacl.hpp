@@ -147,6 +147,7 @@ class NACL {
   template <Element T>
   void select(const KVCache<T>& kv, const QueryWindow<T>& queries, Budget budget, Selection& out,
               Workspace& ws) const {
+    detail::ClearOnError on_error(out);
     const index_t n = kv.tokens();
     const NACLSplit sp = split(n);
     const index_t b = detail::begin_select(kv, queries, budget, out, params_.shared,

@@ -58,6 +58,7 @@ class RandomEviction {
   template <Element T>
   void select(const KVCache<T>& kv, const QueryWindow<T>& queries, Budget budget, Selection& out,
               Workspace& ws) const {
+    detail::ClearOnError on_error(out);
     const index_t b = detail::begin_select(kv, queries, budget, out, params_.shared,
                                            params_.sinks + params_.recent, "sinks + recent");
     if (b == 0) return;

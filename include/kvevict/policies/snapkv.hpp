@@ -77,6 +77,7 @@ class SnapKV {
   template <Element T>
   void select(const KVCache<T>& kv, const QueryWindow<T>& queries, Budget budget, Selection& out,
               Workspace& ws) const {
+    detail::ClearOnError on_error(out);
     const index_t w = params_.window;
     if (queries.window() < w)
       detail::fail("queries.window", detail::cat("at least SnapKV's window (", w, ")"),

@@ -55,6 +55,7 @@ class StreamingLLM {
   template <Element T>
   void select(const KVCache<T>& kv, const QueryWindow<T>& queries, Budget budget, Selection& out,
               Workspace& /*ws*/) const {
+    detail::ClearOnError on_error(out);
     const index_t n = kv.tokens();
     const index_t b =
         detail::begin_select(kv, queries, budget, out, /*shared=*/true, params_.sinks, "sinks");

@@ -56,6 +56,7 @@ class TOVA {
   template <Element T>
   void select(const KVCache<T>& kv, const QueryWindow<T>& queries, Budget budget, Selection& out,
               Workspace& ws) const {
+    detail::ClearOnError on_error(out);
     const index_t b = detail::begin_select(kv, queries, budget, out, params_.shared);
     if (b == 0) return;
     Workspace::Frame frame(ws);
@@ -94,6 +95,7 @@ class TOVA {
   /// `budget` are live (ties: the older position goes).
   Evictions observe(const AttentionRows& rows) {
     detail::check_rows(rows, q_heads_, slots_);
+    detail::check_probabilities(rows, table_);
     evicted_.clear();
     const index_t stored = table_.heads(), g = q_heads_ / stored;
     float* const score = score_.data();

@@ -1,0 +1,445 @@
+// The bad-input matrix of the public API: every wrong shape, stride, page table, budget and
+// non-finite value a caller can hand over gets a kvevict::error naming the argument, and the
+// caller's outputs (selection, streaming state) are left as they were.
+// SPDX-License-Identifier: Apache-2.0
+#include <kvevict/eval/registry.hpp>
+
+#include <functional>
+#include <limits>
+
+#include "support.hpp"
+
+namespace kvevict::test {
+namespace {
+
+/// Expects `fn` to throw a kvevict::error whose message starts with "`argument`: expected ".
+void expect_names(const std::function<void()>& fn, const std::string& argument,
+                  const std::string& context) {
+  try {
+    fn();
+    ADD_FAILURE() << context << ": no kvevict::error (expected one naming " << argument << ")";
+  } catch (const kvevict::error& e) {
+    const std::string what = e.what();
+    EXPECT_EQ(what.rfind(argument + ": expected ", 0), 0u) << context << ": " << what;
+    const std::invalid_argument& base = e;  // the documented base class
+    (void)base;
+  }
+}
+
+constexpr index_t kv_heads = 2, q_heads = 4, n = 96, d = 8, w = 8;
+
+// -- Views -------------------------------------------------------------------------------------
+
+TEST(BadInput, ViewShapesStridesAndPageTables) {
+  std::vector<float> mem(4096, 0.0f);
+  float* p = mem.data();
+  using S = Storage<float>;
+  const std::vector<std::int32_t> pages{0, 1, 2}, dup{0, 1, 1}, out_of_range{0, 1, 7},
+      negative{0, -1, 2};
+  const std::pair<std::string, std::function<void()>> cases[] = {
+      // shapes
+      {"kv_heads",
+       [&] {
+         KVCache<float>(S::hnd(p, 8, 4), S::hnd(p + 512, 8, 4), {0, 8, 4});
+       }},
+      {"kv_heads",
+       [&] {
+         KVCache<float>(S::hnd(p, 8, 4), S::hnd(p + 512, 8, 4), {-1, 8, 4});
+       }},
+      {"tokens",
+       [&] {
+         KVCache<float>(S::hnd(p, 8, 4), S::hnd(p + 512, 8, 4), {2, 0, 4});
+       }},
+      {"head_dim",
+       [&] {
+         KVCache<float>(S::hnd(p, 8, 4), S::hnd(p + 512, 8, 4), {2, 8, 0});
+       }},
+      {"head_dim_v",
+       [&] {
+         KVCache<float>(S::hnd(p, 8, 4), S::hnd(p + 512, 8, 4), {2, 8, 4, -2});
+       }},
+      {"keys.data",
+       [&] {
+         KVCache<float>(S::hnd(nullptr, 8, 4), S::hnd(p, 8, 4), {2, 8, 4});
+       }},
+      // overlapping strides: heads of K, tokens of K, K over V
+      {"keys",
+       [&] {
+         KVCache<float>(S::strided(p, 2, 8), S::hnd(p + 512, 8, 4), {2, 8, 4});
+       }},
+      {"keys",
+       [&] {
+         KVCache<float>(S::strided(p, 64, 2), S::hnd(p + 512, 8, 4), {2, 8, 4});
+       }},
+      {"values.data",
+       [&] {
+         KVCache<float>(S::hnd(p, 8, 4), S::hnd(p + 16, 8, 4), {2, 8, 4});
+       }},
+      // page tables
+      {"pages.pages",
+       [&] {
+         KVCache<float>(S::paged_hnd(p, 4, 2, 4), S::paged_hnd(p + 1024, 4, 2, 4), {2, 12, 4},
+                        {dup, 4, 8, 0});
+       }},
+      {"pages.pages[2]",
+       [&] {
+         KVCache<float>(S::paged_hnd(p, 4, 2, 4), S::paged_hnd(p + 1024, 4, 2, 4), {2, 12, 4},
+                        {out_of_range, 4, 4, 0});
+       }},
+      {"pages.pages[1]",
+       [&] {
+         KVCache<float>(S::paged_hnd(p, 4, 2, 4), S::paged_hnd(p + 1024, 4, 2, 4), {2, 12, 4},
+                        {negative, 4, 8, 0});
+       }},
+      {"pages.pages",  // too short for the tokens
+       [&] {
+         KVCache<float>(S::paged_hnd(p, 4, 2, 4), S::paged_hnd(p + 1024, 4, 2, 4), {2, 16, 4},
+                        {pages, 4, 8, 0});
+       }},
+      {"pages.page_size",
+       [&] {
+         KVCache<float>(S::paged_hnd(p, 4, 2, 4), S::paged_hnd(p + 1024, 4, 2, 4), {2, 12, 4},
+                        {pages, 0, 8, 0});
+       }},
+      {"pages.read_only_pages",
+       [&] {
+         KVCache<float>(S::paged_hnd(p, 4, 2, 4), S::paged_hnd(p + 1024, 4, 2, 4), {2, 12, 4},
+                        {pages, 4, 8, 5});
+       }},
+      // query windows
+      {"queries.q_heads", [&] { QueryWindow<float>(p, 0, 4, 4); }},
+      {"queries.window", [&] { QueryWindow<float>(p, 2, 0, 4); }},
+      {"queries.head_dim", [&] { QueryWindow<float>(p, 2, 4, 0); }},
+      {"queries", [&] { QueryWindow<float>(p, 2, 4, 4, 4, 2); }},
+      // output projections
+      {"wo.q_heads", [&] { OutputProjection::dense(p, 0, 4, 16); }},
+      {"wo.hidden", [&] { OutputProjection::dense(p, 2, 4, 0); }},
+  };
+  for (const auto& [argument, fn] : cases) expect_names(fn, argument, argument);
+}
+
+TEST(BadInput, WindowAndProjectionMustMatchTheCache) {
+  auto c = make_cache<float>(Layout::hnd, kv_heads, n, d, d, 1);
+  std::vector<float> q(static_cast<std::size_t>(6 * n * d), 0.5f);
+  std::vector<float> wo(static_cast<std::size_t>(6 * d * 16), 0.5f);
+  Workspace ws;
+  Selection out;
+  const SnapKV snap({.window = w});
+  const std::pair<std::string, std::function<void()>> cases[] = {
+      {"queries.head_dim",
+       [&] {
+         snap.select(c.kv(), QueryWindow<float>(q.data(), q_heads, w, d - 1), Budget::tokens(24),
+                     out, ws);
+       }},
+      {"queries.q_heads",
+       [&] {
+         snap.select(c.kv(), QueryWindow<float>(q.data(), 3, w, d), Budget::tokens(24), out, ws);
+       }},
+      {"queries.window",
+       [&] {
+         snap.select(c.kv().with_tokens(6), QueryWindow<float>(q.data(), q_heads, w, d),
+                     Budget::tokens(4), out, ws);
+       }},
+      {"wo.q_heads",  // W_o's q_heads differ from the window's
+       [&] {
+         const CriticalKV ck({.window = w}, OutputProjection::dense(wo.data(), 6, d, 16));
+         ck.select(c.kv(), QueryWindow<float>(q.data(), q_heads, w, d), Budget::tokens(24), out,
+                   ws);
+       }},
+      {"wo.head_dim",  // W_o's head_dim differs from the values'
+       [&] {
+         const CriticalKV ck({.window = w}, OutputProjection::dense(wo.data(), q_heads, d + 1, 16));
+         ck.select(c.kv(), QueryWindow<float>(q.data(), q_heads, w, d), Budget::tokens(24), out,
+                   ws);
+       }},
+  };
+  for (const auto& [argument, fn] : cases) expect_names(fn, argument, argument);
+}
+
+// -- Every policy: budgets and non-finite values ----------------------------------------------
+
+/// Settings that make every registry policy valid on an n = 96, w = 8 cache at budget 24.
+eval::Settings small_settings(std::string_view name) {
+  if (name == "snapkv" || name == "criticalkv") return {{"window", "8"}};
+  if (name == "nacl") return {{"sinks", "2"}, {"recent", "4"}};
+  if (name == "corm") return {{"w", "4"}, {"r", "4"}};
+  if (name == "cascade") return {{"sinks", "4"}, {"stride", "16"}};
+  return {};
+}
+
+struct Inputs {
+  OwnedCache<float> cache = make_cache<float>(Layout::paged_nhd, kv_heads, n, d, d, 3);
+  std::vector<float> q, wo;
+  Inputs() {
+    std::mt19937_64 rng(5);
+    std::normal_distribution<float> normal;
+    q.resize(static_cast<std::size_t>(q_heads * w * d));
+    wo.resize(static_cast<std::size_t>(q_heads * d * 16));
+    for (float& x : q) x = normal(rng);
+    for (float& x : wo) x = normal(rng);
+  }
+  QueryWindow<float> queries() const { return {q.data(), q_heads, w, d}; }
+  OutputProjection projection() const { return OutputProjection::dense(wo.data(), q_heads, d, 16); }
+};
+
+/// A complete selection, as an earlier call leaves it: a failed select must not leave it valid.
+Selection sentinel_selection() {
+  Selection s;
+  s.reset(1, 3, true);
+  const auto k = s.add_head(2);
+  k[0] = 0;
+  k[1] = 2;
+  return s;
+}
+
+/// What a failed `select` leaves: an incomplete selection that `compact` rejects, and the cache
+/// untouched.
+void expect_cleared(const Selection& out, KVCache<float>& kv, const std::string& ctx) {
+  EXPECT_FALSE(out.complete()) << ctx;
+  const auto before = snapshot(kv);
+  Compaction c;
+  expect_names([&] { compact(kv, out, c); }, "selection", ctx + " (compact)");
+  EXPECT_EQ(snapshot(kv), before) << ctx;
+}
+
+bool same(const Selection& a, const Selection& b) {
+  if (a.kv_heads() != b.kv_heads() || a.tokens() != b.tokens() || a.shared() != b.shared())
+    return false;
+  for (index_t h = 0; h < a.kv_heads(); ++h)
+    if (!std::ranges::equal(a.kept(h), b.kept(h))) return false;
+  return true;
+}
+
+TEST(BadInput, EveryPolicyBudgets) {
+  Inputs in;
+  const auto wo = in.projection();
+  Workspace ws;
+  for (auto name : eval::policy_names()) {
+    const auto policy = eval::make_policy(name, small_settings(name), 7, false, &wo);
+    const std::string ctx(name);
+    Selection out;
+    // Budget::none() is for budget-free policies (CORM); CORM's one-shot form takes a budget as a
+    // cap.
+    if (!eval::budget_free(policy))
+      expect_names(
+          [&] { eval::select(policy, in.cache.kv(), in.queries(), Budget::none(), out, ws); },
+          "budget", ctx);
+    // Budgets that hold everything are a documented no-op: every token of every head.
+    for (const Budget b : {Budget::tokens(n), Budget::tokens(n + 1000), Budget::ratio(1.0)}) {
+      eval::select(policy, in.cache.kv(), in.queries(), b, out, ws);
+      for (index_t h = 0; h < kv_heads; ++h) {
+        ASSERT_EQ(out.size(h), n) << ctx;
+        for (index_t i = 0; i < n; ++i) ASSERT_EQ(out.kept(h)[static_cast<std::size_t>(i)], i);
+      }
+    }
+    // Too small to hold the protected regions (sinks, windows), where a policy has any.
+    // H2O's recent window is a share of the budget, TOVA protects nothing.
+    if (name == "streaming_llm" || name == "random" || name == "tova" || name == "h2o") continue;
+    Selection untouched = sentinel_selection();
+    expect_names(
+        [&] {
+          eval::select(policy, in.cache.kv(), in.queries(), Budget::tokens(1), untouched, ws);
+        },
+        "budget", ctx);
+    expect_cleared(untouched, in.cache.kv(), ctx);
+  }
+  // The budget values themselves, for every policy alike.
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (const auto& fn : std::vector<std::function<void()>>{
+           [] { Budget::tokens(0); }, [] { Budget::tokens(-3); }, [] { Budget::ratio(0.0); },
+           [] { Budget::ratio(-0.1); }, [] { Budget::ratio(1.5); }, [=] { Budget::ratio(nan); },
+           [] { Budget::ratio(0.001).resolve(96); }})
+    expect_names(fn, "budget", "Budget");
+}
+
+/// Which inputs each policy computes on. A policy that never reads a tensor cannot be misled
+/// by it, and checking it would cost a pass over the whole cache: those accept it.
+/// TOVA reads only the last query of the window.
+bool reads(std::string_view policy, char tensor, bool last_query) {
+  const bool scores = policy != "streaming_llm" && policy != "random";
+  switch (tensor) {
+    case 'k':
+      return scores;
+    case 'q':
+      return scores && (last_query || policy != "tova");
+    default:  // V and W_o
+      return policy == "criticalkv";
+  }
+}
+
+TEST(BadInput, EveryPolicyNonFiniteValues) {
+  const float bad_values[] = {std::numeric_limits<float>::quiet_NaN(),
+                              std::numeric_limits<float>::infinity(),
+                              -std::numeric_limits<float>::infinity()};
+  Workspace ws;
+  for (auto name : eval::policy_names()) {
+    for (const char tensor : {'k', 'q', 'v', 'o'}) {
+      for (const float bad : bad_values) {
+        for (const index_t where : {index_t{0}, index_t{37}}) {  // a sink, and a scored token
+          Inputs clean, in;
+          switch (tensor) {
+            case 'k':
+              in.cache.kv().key(1, where)[3] = bad;
+              break;
+            case 'v':
+              in.cache.kv().value(0, where)[5] = bad;
+              break;
+            case 'q':  // the last query (every scorer reads it), or an earlier one
+              in.q[static_cast<std::size_t>((3 * w + (where == 0 ? w - 1 : 2)) * d + 1)] = bad;
+              break;
+            default:
+              in.wo[static_cast<std::size_t>(where * 3 + 1)] = bad;
+          }
+          const auto wo = in.projection(), clean_wo = clean.projection();
+          const std::string ctx = std::string(name) + " " + tensor + " " + std::to_string(bad) +
+                                  " at " + std::to_string(where);
+          const Budget budget = eval::is_budget_free(name) ? Budget::none() : Budget::tokens(24);
+          Selection out = sentinel_selection();
+          auto run = [&] {
+            const auto policy = eval::make_policy(name, small_settings(name), 7, false, &wo);
+            eval::select(policy, in.cache.kv(), in.queries(), budget, out, ws);
+          };
+          if (reads(name, tensor, where == 0)) {
+            const std::string argument = tensor == 'k'   ? "keys"
+                                         : tensor == 'q' ? "queries"
+                                         : tensor == 'v' ? "values"
+                                                         : "wo";
+            expect_names(run, argument, ctx);
+            expect_cleared(out, in.cache.kv(), ctx);
+          } else {
+            run();
+            Selection expected;
+            const auto policy = eval::make_policy(name, small_settings(name), 7, false, &clean_wo);
+            eval::select(policy, clean.cache.kv(), clean.queries(), budget, expected, ws);
+            EXPECT_TRUE(same(out, expected)) << ctx;
+          }
+        }
+      }
+    }
+  }
+}
+
+// -- Streaming ----------------------------------------------------------------------------------
+
+/// `reads_rows`: the policy computes on the attention rows. StreamingLLM and random never look at
+/// them (an engine may pass `{}`), so they cannot be misled by them either.
+template <class P>
+void expect_streaming_errors(P policy, StreamConfig config, bool reads_rows) {
+  const std::string ctx(P::name);
+  expect_names([&] { policy.start({.kv_heads = 0, .q_heads = 4, .budget = config.budget}); },
+               "kv_heads", ctx);
+  expect_names([&] { policy.start({.kv_heads = 2, .q_heads = 3, .budget = config.budget}); },
+               "q_heads", ctx);
+  if (config.budget > 0)
+    expect_names([&] { policy.start({.kv_heads = 2, .q_heads = 4, .budget = -5}); }, "budget", ctx);
+  else
+    expect_names([&] { policy.start({.kv_heads = 2, .q_heads = 4, .budget = 8}); }, "budget", ctx);
+  policy.start(config);
+  const index_t slots = policy.slots();
+  std::vector<float> rows(static_cast<std::size_t>(4 * slots), 0.0f);
+  auto uniform = [&] {
+    for (index_t h = 0; h < 4; ++h)
+      for (index_t s = 0; s < slots; ++s)
+        rows[static_cast<std::size_t>(h * slots + s)] =
+            policy.position(h / 2, s) >= 0 ? 1.0f / static_cast<float>(policy.size(h / 2)) : 0.0f;
+  };
+  // Run past the budget so that evictions happen, then feed bad rows.
+  P twin = policy;  // sees only the good steps
+  twin.start(config);
+  std::int64_t pos = 0;
+  for (; pos < 40; ++pos) {
+    policy.append(pos);
+    twin.append(pos);
+    uniform();
+    const AttentionRows r{rows.data(), 4, slots, slots};
+    policy.observe(r);
+    twin.observe(r);
+  }
+  expect_names([&] { policy.append(pos - 1); }, "position", ctx);
+  policy.append(pos);
+  twin.append(pos);
+  if (policy.size(0) == slots)  // full: the next token needs an observe first
+    expect_names([&] { policy.append(pos + 1); }, "append", ctx);
+  if (reads_rows) {
+    expect_names([&] { policy.observe({rows.data(), 3, slots, slots}); }, "rows.q_heads", ctx);
+    expect_names([&] { policy.observe({rows.data(), 4, slots - 1, slots}); }, "rows.slots", ctx);
+    expect_names([&] { policy.observe({nullptr, 4, slots, slots}); }, "rows.data", ctx);
+  }
+  uniform();
+  for (const float bad :
+       {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(), -0.5f}) {
+    // A live slot of query head 2 (KV head 1): the newest token's.
+    token_t live = 0;
+    while (policy.position(1, live) != pos) ++live;
+    const float saved = rows[static_cast<std::size_t>(2 * slots + live)];
+    rows[static_cast<std::size_t>(2 * slots + live)] = bad;
+    if (!reads_rows) break;
+    expect_names(
+        [&] {
+          policy.observe({rows.data(), 4, slots, slots});
+        },
+        "rows", ctx + " " + std::to_string(bad));
+    rows[static_cast<std::size_t>(2 * slots + live)] = saved;
+  }
+  uniform();
+  // The failed calls changed nothing: the policy goes on exactly like its twin.
+  for (; pos < 60; ++pos) {
+    if (pos > 40) {
+      policy.append(pos);
+      twin.append(pos);
+    }
+    uniform();
+    const AttentionRows r{rows.data(), 4, slots, slots};
+    const Evictions a = policy.observe(r);
+    std::vector<token_t> ea(a.slots.begin(), a.slots.end());
+    const Evictions b = twin.observe(r);
+    EXPECT_TRUE(std::ranges::equal(ea, b.slots)) << ctx << " step " << pos;
+  }
+}
+
+TEST(BadInput, StreamingPolicies) {
+  expect_streaming_errors(H2O({.recent = 4}), {.kv_heads = 2, .q_heads = 4, .budget = 16}, true);
+  expect_streaming_errors(TOVA(), {.kv_heads = 2, .q_heads = 4, .budget = 16}, true);
+  expect_streaming_errors(StreamingLLM({.sinks = 2}), {.kv_heads = 2, .q_heads = 4, .budget = 16},
+                          false);
+  expect_streaming_errors(RandomEviction({.seed = 3}), {.kv_heads = 2, .q_heads = 4, .budget = 16},
+                          false);
+  expect_streaming_errors(CORM({.w = 4, .r = 4}),
+                          {.kv_heads = 2, .q_heads = 4, .budget = 0, .capacity = 64}, true);
+  expect_streaming_errors(Cascade({.sinks = 2, .cascades = 2}),
+                          {.kv_heads = 2, .q_heads = 4, .budget = 18}, true);
+}
+
+// -- Compaction -----------------------------------------------------------------------------------
+
+TEST(BadInput, CompactionRejectsBeforeWriting) {
+  auto c = make_cache<float>(Layout::paged_hnd, kv_heads, 16, d, d, 9);
+  const auto before = snapshot(c.kv());
+  Compaction out;
+  auto selection = [](index_t heads, index_t tokens, bool shared,
+                      std::vector<std::vector<token_t>> kept) {
+    Selection s;
+    s.reset(heads, tokens, shared);
+    for (const auto& k : kept) {
+      const auto span = s.add_head(static_cast<index_t>(k.size()));
+      std::copy(k.begin(), k.end(), span.begin());
+    }
+    return s;
+  };
+  const std::pair<std::string, Selection> cases[] = {
+      {"selection", selection(3, 16, false, {{0}, {1}, {2}})},  // heads
+      {"selection", selection(2, 15, true, {{0, 1}})},          // tokens
+      {"selection", selection(2, 16, false, {{0, 1}})},         // incomplete
+      {"selection", selection(2, 16, true, {{3, 2}})},          // order
+      {"selection", selection(2, 16, true, {{1, 1}})},          // duplicate
+      {"selection", selection(2, 16, true, {{0, 16}})},         // range
+      {"selection", selection(2, 16, false, {{0, -1}, {0}})},   // negative
+  };
+  for (const auto& [argument, sel] : cases) {
+    expect_names([&] { compact(c.kv(), sel, out); }, argument, "compact");
+    EXPECT_EQ(snapshot(c.kv()), before);
+  }
+}
+
+}  // namespace
+}  // namespace kvevict::test
