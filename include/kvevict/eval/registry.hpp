@@ -303,7 +303,9 @@ inline AnyPolicy make_policy(std::string_view name, const Settings& settings = {
     if constexpr (requires { params.shared; })
       if (shared) params.shared = true;
     const auto fields = Traits::fields();
-    for (const auto& [key, value] : settings) {
+    for (const auto& setting : settings) {
+      const std::string& key = setting.first;  // not a structured binding: clang < 16 cannot
+      const std::string& value = setting.second;  // capture those in the lambda below
       const auto it =
           std::find_if(fields.begin(), fields.end(), [&](const auto& f) { return f.name == key; });
       if (it == fields.end()) {
