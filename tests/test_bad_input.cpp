@@ -435,7 +435,9 @@ TEST(BadInput, CompactionRejectsBeforeWriting) {
       {"selection", selection(2, 16, true, {{0, 16}})},         // range
       {"selection", selection(2, 16, false, {{0, -1}, {0}})},   // negative
   };
-  for (const auto& [argument, sel] : cases) {
+  for (const auto& entry : cases) {
+    const auto& [argument, sel_] = entry;
+    const Selection& sel = sel_;  // a reference the lambda can capture (clang < 16)
     expect_names([&] { compact(c.kv(), sel, out); }, argument, "compact");
     EXPECT_EQ(snapshot(c.kv()), before);
   }
