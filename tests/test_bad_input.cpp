@@ -445,3 +445,29 @@ TEST(BadInput, CompactionRejectsBeforeWriting) {
 
 }  // namespace
 }  // namespace kvevict::test
+
+namespace kvevict::test {
+namespace {
+
+// Cascade places each newcomer in `observe`: a second append before it would orphan the first
+// token (live, in no sub-cache, never evicted), and an observe with no newcomer has nothing to
+// place. Both are errors that leave the sequence as it was (found by fuzz_stream).
+TEST(BadInput, CascadeOneObservePerAppend) {
+  Cascade cascade({.sinks = 1, .cascades = 2});
+  cascade.start({.kv_heads = 1, .q_heads = 1, .budget = 5, .capacity = 9});
+  std::vector<float> rows(static_cast<std::size_t>(cascade.slots()), 0.0f);
+  const AttentionRows r{rows.data(), 1, cascade.slots(), cascade.slots()};
+  expect_names([&] { cascade.observe(r); }, "observe", "observe first");
+  for (std::int64_t pos = 0; pos < 30; ++pos) {
+    const token_t slot = cascade.append(pos)[0];
+    expect_names([&] { cascade.append(pos + 1); }, "append", "second append");
+    std::fill(rows.begin(), rows.end(), 0.0f);
+    rows[static_cast<std::size_t>(slot)] = 1.0f;
+    cascade.observe(r);
+    expect_names([&] { cascade.observe(r); }, "observe", "second observe");
+    EXPECT_LE(cascade.size(0), 5) << pos;  // 1 sink + 2 cascades of 2
+  }
+}
+
+}  // namespace
+}  // namespace kvevict::test

@@ -117,8 +117,14 @@ class Cascade {
   }
 
   /// The slot per KV head for the newcomer at `position` (a free one: after the first S + C · W
-  /// tokens, the one the previous step evicted).
+  /// tokens, the one the previous step evicted). Cascade places the newcomer in `observe`, so
+  /// each append must be followed by its observe: a second append first is a `kvevict::error`
+  /// (it would leave the first token live in no sub-cache, never to be evicted).
   std::span<const token_t> append(std::int64_t position) {
+    if (pending_.empty() || pending_[0] >= 0)
+      detail::fail("append",
+                   "an observe after the previous append (Cascade places each token then)",
+                   pending_.empty() ? "no start" : "a second append");
     const auto slots = detail::append_to_slots(table_, append_slots_, position);
     for (index_t h = 0; h < table_.heads(); ++h) {
       const token_t s = slots[static_cast<std::size_t>(params_.shared ? 0 : h)];
@@ -132,6 +138,8 @@ class Cascade {
   /// then inserts the newcomer into the sinks or the cascades.
   Evictions observe(const AttentionRows& rows) {
     detail::check_rows(rows, q_heads_, slots_);
+    if (pending_.empty() || pending_[0] < 0)
+      detail::fail("observe", "an append before it (the newcomer to place)", "none");
     detail::check_probabilities(rows, table_);
     evicted_.clear();
     const index_t stored = table_.heads(), g = q_heads_ / stored;
@@ -153,6 +161,7 @@ class Cascade {
       for (index_t s = 0; s < slots_; ++s)  // free slots too: harmless, reset on append
         score[s] = score[s] - c * score[s] + c * (step_[s] * scale);
       insert(h, pending_[static_cast<std::size_t>(h)]);
+      pending_[static_cast<std::size_t>(h)] = -1;
     }
     ++count_;
     return evicted_.view();
@@ -277,6 +286,7 @@ class Cascade {
           score_[static_cast<std::size_t>(h * slots_ + pending_[static_cast<std::size_t>(h)])] =
               gained[static_cast<std::size_t>(h * cols + live + i)];
           insert(h, pending_[static_cast<std::size_t>(h)]);
+          pending_[static_cast<std::size_t>(h)] = -1;
         }
         ++count_;
       }
