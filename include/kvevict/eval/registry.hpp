@@ -304,7 +304,7 @@ inline AnyPolicy make_policy(std::string_view name, const Settings& settings = {
       if (shared) params.shared = true;
     const auto fields = Traits::fields();
     for (const auto& setting : settings) {
-      const std::string& key = setting.first;  // not a structured binding: clang < 16 cannot
+      const std::string& key = setting.first;     // not a structured binding: clang < 16 cannot
       const std::string& value = setting.second;  // capture those in the lambda below
       const auto it =
           std::find_if(fields.begin(), fields.end(), [&](const auto& f) { return f.name == key; });
