@@ -33,6 +33,25 @@ constexpr std::string_view to_string(GroupReduce r) {
   return "?";
 }
 
+/// Reduces the g rows of one group — row r starts at `first + r · row_stride`, n floats each —
+/// into `out` (n floats): their maximum, sum, or mean (the sum times 1/g). Row by row, so every
+/// loop is contiguous and vectorises. O(g · n); no allocation. `out` must not alias the rows.
+inline void reduce_group(const float* first, index_t row_stride, index_t g, index_t n,
+                         GroupReduce mode, float* out) noexcept {
+  std::copy(first, first + n, out);
+  for (index_t r = 1; r < g; ++r) {
+    const float* src = first + r * row_stride;
+    if (mode == GroupReduce::max)
+      for (index_t j = 0; j < n; ++j) out[j] = std::max(out[j], src[j]);
+    else
+      for (index_t j = 0; j < n; ++j) out[j] += src[j];
+  }
+  if (mode == GroupReduce::mean) {
+    const float inv = 1.0f / static_cast<float>(g);
+    for (index_t j = 0; j < n; ++j) out[j] *= inv;
+  }
+}
+
 /// Reduces `in` ([q_heads][n], row-major) into `out`: per KV head over its group of
 /// g = q_heads / kv_heads query heads ([kv_heads][n]), or over all query heads when `shared`
 /// ([1][n]; the one set a shared selection ranks). O(q_heads · n); no allocation.
@@ -44,22 +63,8 @@ inline void reduce_groups(std::span<const float> in, index_t q_heads, index_t n,
       static_cast<index_t>(out.size()) != groups * n || q_heads % groups != 0)
     detail::fail("reduce_groups", "in = q_heads · n, out = (shared ? 1 : kv_heads) · n floats",
                  "in=", in.size(), ", out=", out.size());
-  for (index_t grp = 0; grp < groups; ++grp) {
-    float* dst = out.data() + grp * n;
-    const float* first = in.data() + grp * g * n;
-    std::copy(first, first + n, dst);
-    for (index_t h = 1; h < g; ++h) {
-      const float* src = first + h * n;
-      if (mode == GroupReduce::max)
-        for (index_t j = 0; j < n; ++j) dst[j] = std::max(dst[j], src[j]);
-      else
-        for (index_t j = 0; j < n; ++j) dst[j] += src[j];
-    }
-    if (mode == GroupReduce::mean) {
-      const float inv = 1.0f / static_cast<float>(g);
-      for (index_t j = 0; j < n; ++j) dst[j] *= inv;
-    }
-  }
+  for (index_t grp = 0; grp < groups; ++grp)
+    reduce_group(in.data() + grp * g * n, n, g, n, mode, out.data() + grp * n);
 }
 
 }  // namespace kvevict

@@ -147,19 +147,11 @@ class Cascade {
     // itself is not a float (it rounds to 1 − 1.19e-7, a 19% error in c).
     const auto c = static_cast<float>(1.0 - params_.beta);
     for (index_t h = 0; h < stored; ++h) {
-      const float* first = rows.data + h * g * rows.head_stride;
-      std::copy_n(first, slots_, step_.data());
-      for (index_t q = 1; q < g; ++q) {
-        const float* row = first + q * rows.head_stride;
-        if (params_.reduce == GroupReduce::max)
-          for (index_t s = 0; s < slots_; ++s) step_[s] = std::max(step_[s], row[s]);
-        else
-          for (index_t s = 0; s < slots_; ++s) step_[s] += row[s];
-      }
-      const float scale = params_.reduce == GroupReduce::mean ? 1.0f / static_cast<float>(g) : 1.0f;
+      reduce_group(rows.data + h * g * rows.head_stride, rows.head_stride, g, slots_,
+                   params_.reduce, step_.data());
       float* score = score_.data() + h * slots_;
       for (index_t s = 0; s < slots_; ++s)  // free slots too: harmless, reset on append
-        score[s] = score[s] - c * score[s] + c * (step_[s] * scale);
+        score[s] = score[s] - c * score[s] + c * step_[s];
       insert(h, pending_[static_cast<std::size_t>(h)]);
       pending_[static_cast<std::size_t>(h)] = -1;
     }

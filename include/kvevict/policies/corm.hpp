@@ -159,13 +159,9 @@ class CORM {
     const index_t stored = table_.heads(), g = q_heads_ / stored;
     for (index_t h = 0; h < stored; ++h) {
       const float threshold = 1.0f / static_cast<float>(live_threshold_ ? table_.size(h) : t_);
-      // The group's maximum row by row (contiguous): important for any of its query heads.
-      const float* first = rows.data + h * g * rows.head_stride;
-      std::copy_n(first, slots_, step_.data());
-      for (index_t q = 1; q < g; ++q) {
-        const float* row = first + q * rows.head_stride;
-        for (index_t s = 0; s < slots_; ++s) step_[s] = std::max(step_[s], row[s]);
-      }
+      // The group's maximum: important for any of its query heads.
+      reduce_group(rows.data + h * g * rows.head_stride, rows.head_stride, g, slots_,
+                   GroupReduce::max, step_.data());
       std::int64_t* last = last_.data() + h * slots_;
       for (index_t s = 0; s < slots_; ++s)
         if (step_[static_cast<std::size_t>(s)] >= threshold) last[s] = t_;

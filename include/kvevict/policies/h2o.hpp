@@ -160,21 +160,12 @@ class H2O {
     evicted_.clear();
     const index_t stored = table_.heads(), g = q_heads_ / stored;
     float* const step = step_.data();
-    const float scale = params_.reduce == GroupReduce::mean ? 1.0f / static_cast<float>(g) : 1.0f;
     for (index_t h = 0; h < stored; ++h) {
       float* acc = acc_.data() + h * slots_;
-      // The group reduction row by row (contiguous, vectorised). Free slots accumulate
-      // whatever the engine left there; `append` resets a slot's acc.
-      const float* first = rows.data + h * g * rows.head_stride;
-      std::copy_n(first, slots_, step);
-      for (index_t q = 1; q < g; ++q) {
-        const float* row = first + q * rows.head_stride;
-        if (params_.reduce == GroupReduce::max)
-          for (index_t s = 0; s < slots_; ++s) step[s] = std::max(step[s], row[s]);
-        else
-          for (index_t s = 0; s < slots_; ++s) step[s] += row[s];
-      }
-      for (index_t s = 0; s < slots_; ++s) acc[s] += step[s] * scale;
+      // Free slots accumulate whatever the engine left there; `append` resets a slot's acc.
+      reduce_group(rows.data + h * g * rows.head_stride, rows.head_stride, g, slots_,
+                   params_.reduce, step);
+      for (index_t s = 0; s < slots_; ++s) acc[s] += step[s];
       if (table_.size(h) <= budget_) continue;
       token_t victim = -1;
       for (index_t s = 0; s < slots_; ++s) {

@@ -101,13 +101,9 @@ class TOVA {
     float* const score = score_.data();
     for (index_t h = 0; h < stored; ++h) {
       if (table_.size(h) <= budget_) continue;
-      // The group's rows summed row by row (contiguous, vectorised); the sum ranks like the mean.
-      const float* first = rows.data + h * g * rows.head_stride;
-      std::copy_n(first, slots_, score);
-      for (index_t q = 1; q < g; ++q) {
-        const float* row = first + q * rows.head_stride;
-        for (index_t s = 0; s < slots_; ++s) score[s] += row[s];
-      }
+      // The group's sum ranks like its mean.
+      reduce_group(rows.data + h * g * rows.head_stride, rows.head_stride, g, slots_,
+                   GroupReduce::sum, score);
       token_t victim = -1;
       for (index_t s = 0; s < slots_; ++s) {
         if (!table_.live(h, s)) continue;
