@@ -9,17 +9,11 @@
 #include <cstdlib>
 #include <string>
 
-namespace {
-
-[[noreturn]] void broken(const char* what) {
-  std::fprintf(stderr, "fuzz_npy: invariant broken: %s\n", what);
-  std::abort();
-}
-
-}  // namespace
+#include "fuzz_common.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   using namespace kvevict;
+  using fuzz::broken;
   const std::span<const std::byte> file(reinterpret_cast<const std::byte*>(data), size);
   npy::Array a;
   try {

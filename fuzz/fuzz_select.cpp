@@ -22,20 +22,14 @@
 #include <string>
 #include <vector>
 
+#include "fuzz_common.hpp"
+
 namespace {
 
 using namespace kvevict;
 
-[[noreturn]] void broken(const char* what, const std::string& detail = "") {
-  std::fprintf(stderr, "fuzz_select: invariant broken: %s %s\n", what, detail.c_str());
-  std::abort();
-}
-
-void check_message(const kvevict::error& e) {
-  const std::string what = e.what();
-  const auto colon = what.find(": expected ");
-  if (colon == std::string::npos || colon == 0) broken("message names the argument", what);
-}
+using fuzz::broken;
+using fuzz::check_message;
 
 constexpr index_t max_elements = index_t{1} << 20;  // per buffer: keeps every run fast
 

@@ -7,6 +7,7 @@
 #include <functional>
 #include <limits>
 
+#include "policy_settings.hpp"
 #include "support.hpp"
 
 namespace kvevict::test {
@@ -157,15 +158,6 @@ TEST(BadInput, WindowAndProjectionMustMatchTheCache) {
 }
 
 // -- Every policy: budgets and non-finite values ----------------------------------------------
-
-/// Settings that make every registry policy valid on an n = 96, w = 8 cache at budget 24.
-eval::Settings small_settings(std::string_view name) {
-  if (name == "snapkv" || name == "criticalkv") return {{"window", "8"}};
-  if (name == "nacl") return {{"sinks", "2"}, {"recent", "4"}};
-  if (name == "corm") return {{"w", "4"}, {"r", "4"}};
-  if (name == "cascade") return {{"sinks", "4"}, {"stride", "16"}};
-  return {};
-}
 
 struct Inputs {
   OwnedCache<float> cache = make_cache<float>(Layout::paged_nhd, kv_heads, n, d, d, 3);

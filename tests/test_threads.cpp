@@ -6,6 +6,7 @@
 
 #include <thread>
 
+#include "policy_settings.hpp"
 #include "support.hpp"
 
 namespace kvevict::test {
@@ -39,14 +40,6 @@ struct Sequence {
     return OutputProjection::dense(wo.data(), q_heads, d, hidden);
   }
 };
-
-eval::Settings small_settings(std::string_view name) {
-  if (name == "snapkv" || name == "criticalkv") return {{"window", "8"}};
-  if (name == "nacl") return {{"sinks", "2"}, {"recent", "4"}};
-  if (name == "corm") return {{"w", "8"}, {"r", "8"}};
-  if (name == "cascade") return {{"sinks", "4"}, {"stride", "32"}};
-  return {};
-}
 
 /// Every selection of every head, flattened (with the per-head sizes), for comparison.
 std::vector<std::int64_t> flatten(const Selection& s) {
