@@ -10,8 +10,25 @@
 
 namespace kvevict::fuzz {
 
-/// Reports a broken invariant and aborts, so that libFuzzer saves the input.
+/// What the current input did so far, one line per call and outcome: printed when an invariant
+/// breaks, so a finding can be diagnosed from the log alone. Cleared at the start of each input.
+inline std::string& trace() {
+  static std::string text;
+  return text;
+}
+
+/// Appends one line to the trace.
+template <class... Parts>
+void note(const Parts&... parts) {
+  std::string& t = trace();
+  ((t += parts), ...);
+  t += '\n';
+}
+
+/// Reports a broken invariant (after the trace of calls that led to it) and aborts, so that
+/// libFuzzer saves the input.
 [[noreturn]] inline void broken(const char* what, const std::string& detail = "") {
+  if (!trace().empty()) std::fprintf(stderr, "fuzz: calls of this input:\n%s", trace().c_str());
   std::fprintf(stderr, "fuzz: invariant broken: %s %s\n", what, detail.c_str());
   std::abort();
 }

@@ -33,6 +33,18 @@ using namespace kvevict;
 
 using fuzz::broken;
 using fuzz::check_message;
+using fuzz::note;
+using std::to_string;
+
+std::string text(const Evictions& e, index_t kv_heads) {
+  std::string out;
+  for (index_t h = 0; h < kv_heads; ++h) {
+    out += h == 0 ? "{" : " {";
+    for (token_t s : e.of(h)) out += (out.back() == '{' ? "" : ",") + to_string(s);
+    out += "}";
+  }
+  return out;
+}
 
 std::vector<token_t> copy(const Evictions& e, index_t kv_heads) {
   std::vector<token_t> out;
@@ -48,9 +60,12 @@ void drive(P policy, FuzzedDataProvider& in) {
   const StreamConfig config{
       in.ConsumeIntegralInRange<index_t>(0, 4), in.ConsumeIntegralInRange<index_t>(0, 12),
       in.ConsumeIntegralInRange<index_t>(-2, 40), in.ConsumeIntegralInRange<index_t>(0, 64)};
+  note("start {kv_heads ", to_string(config.kv_heads), ", q_heads ", to_string(config.q_heads),
+       ", budget ", to_string(config.budget), ", capacity ", to_string(config.capacity), "}");
   try {
     policy.start(config);
   } catch (const kvevict::error& e) {
+    note("  -> error: ", e.what());
     check_message(e);
     return;
   }
@@ -65,8 +80,11 @@ void drive(P policy, FuzzedDataProvider& in) {
       const int jump = in.ConsumeIntegralInRange(0, 15);
       const std::int64_t p = jump == 0 ? position : jump == 1 ? position - 1 : position + jump - 1;
       try {
-        policy.append(p);
+        const auto slot = policy.append(p);
+        note("append(", to_string(p), ") -> slot ", to_string(slot.empty() ? -1 : slot[0]),
+             slot.size() > 1 ? " (head 0)" : "");
       } catch (const kvevict::error& e) {
+        note("append(", to_string(p), ") -> error: ", e.what());
         check_message(e);
         continue;
       }
@@ -120,7 +138,9 @@ void drive(P policy, FuzzedDataProvider& in) {
     Evictions got;
     try {
       got = policy.observe(r);
+      note("observe -> evicted ", text(got, kv_heads));
     } catch (const kvevict::error& e) {
+      note("observe -> error: ", e.what());
       check_message(e);
       for (index_t h = 0; h < kv_heads; ++h)
         if (policy.size(h) != live_before[static_cast<std::size_t>(h)])
@@ -128,13 +148,19 @@ void drive(P policy, FuzzedDataProvider& in) {
       continue;
     }
     const auto mine = copy(got, kv_heads);
+    const std::string mine_text = text(got, kv_heads);
     std::vector<token_t> theirs;
+    std::string theirs_text;
     try {
-      theirs = copy(twin.observe(r), kv_heads);
+      const Evictions e = twin.observe(r);
+      theirs = copy(e, kv_heads);
+      theirs_text = text(e, kv_heads);
     } catch (const kvevict::error& e) {
       broken("the twin accepts what the policy accepted", e.what());
     }
-    if (mine != theirs) broken("the twin that skipped the failed calls evicts the same slots");
+    if (mine != theirs)
+      broken("the twin that skipped the failed calls evicts the same slots",
+             "(policy: " + mine_text + ", twin: " + theirs_text + ")");
     for (index_t h = 0; h < kv_heads; ++h) {
       for (token_t s : got.of(h)) {
         if (s < 0 || s >= slots) broken("evicted slots are slots");
@@ -175,8 +201,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                                      ? std::to_string(in.ConsumeIntegralInRange(-2, 24))
                                      : std::to_string(in.ConsumeFloatingPointInRange(-0.5, 1.5)));
     }
-    const auto policy =
-        eval::make_policy(name, settings, in.ConsumeIntegral<std::uint8_t>(), in.ConsumeBool());
+    const auto seed = in.ConsumeIntegral<std::uint8_t>();
+    const bool shared = in.ConsumeBool();
+    fuzz::trace().clear();
+    std::string described;
+    for (const auto& [key, value] : settings) described += " " + key + "=" + value;
+    note("policy ", std::string(name), described, " seed=", to_string(seed),
+         shared ? " shared" : "");
+    const auto policy = eval::make_policy(name, settings, seed, shared);
     std::visit(
         [&](const auto& p) {
           using P = std::decay_t<decltype(p)>;

@@ -189,8 +189,7 @@ struct RecordRows {
     slot_per_head.resize(static_cast<std::size_t>(c.kv_heads));
   }
   std::span<const token_t> append(std::int64_t pos) {
-    for (index_t h = 0; h < table.heads(); ++h)
-      slot_per_head[static_cast<std::size_t>(h)] = table.take(h, pos);
+    table.take_all(pos, slot_per_head);
     return slot_per_head;
   }
   Evictions observe(const AttentionRows& rows) {

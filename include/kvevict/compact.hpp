@@ -146,6 +146,21 @@ void compact(const KVCache<T>& kv, const Selection& sel, Compaction& out) {
     }
   }
 
+  // The result first: the only step that allocates, so a bad_alloc leaves the memory as it was.
+  out.lengths.resize(static_cast<std::size_t>(heads));
+  out.offsets.resize(static_cast<std::size_t>(heads + 1));
+  out.offsets[0] = 0;
+  for (index_t h = 0; h < heads; ++h) {
+    out.lengths[static_cast<std::size_t>(h)] = sel.size(h);
+    out.offsets[static_cast<std::size_t>(h + 1)] =
+        out.offsets[static_cast<std::size_t>(h)] + sel.size(h);
+  }
+  out.positions.resize(static_cast<std::size_t>(out.offsets.back()));
+  for (index_t h = 0; h < heads; ++h) {
+    std::int64_t* p = out.positions.data() + out.offsets[static_cast<std::size_t>(h)];
+    for (token_t t : sel.kept(h)) *p++ = kv.position(t);
+  }
+
   // A shared selection over rows where the heads of one token are adjacent (NHD) moves whole
   // rows: one memmove per run instead of one per head.
   const Storage<T>& ks = kv.key_storage();
@@ -160,20 +175,6 @@ void compact(const KVCache<T>& kv, const Selection& sel, Compaction& out) {
       detail::move_kept(kv, Tensor::keys, h, sel.kept(h), kv.head_dim());
       detail::move_kept(kv, Tensor::values, h, sel.kept(h), kv.head_dim_v());
     }
-  }
-
-  out.lengths.resize(static_cast<std::size_t>(heads));
-  out.offsets.resize(static_cast<std::size_t>(heads + 1));
-  out.offsets[0] = 0;
-  for (index_t h = 0; h < heads; ++h) {
-    out.lengths[static_cast<std::size_t>(h)] = sel.size(h);
-    out.offsets[static_cast<std::size_t>(h + 1)] =
-        out.offsets[static_cast<std::size_t>(h)] + sel.size(h);
-  }
-  out.positions.resize(static_cast<std::size_t>(out.offsets.back()));
-  for (index_t h = 0; h < heads; ++h) {
-    std::int64_t* p = out.positions.data() + out.offsets[static_cast<std::size_t>(h)];
-    for (token_t t : sel.kept(h)) *p++ = kv.position(t);
   }
 }
 

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <limits>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "error.hpp"
@@ -50,7 +51,7 @@ class SlotTable {
     position_.assign(static_cast<std::size_t>(heads * slots), -1);
     free_.resize(static_cast<std::size_t>(heads * slots));
     free_count_.assign(static_cast<std::size_t>(heads), slots);
-    last_.assign(static_cast<std::size_t>(heads), -1);
+    last_ = -1;
     for (index_t h = 0; h < heads; ++h)
       for (index_t i = 0; i < slots; ++i)
         free_[static_cast<std::size_t>(h * slots + i)] = static_cast<token_t>(slots - 1 - i);
@@ -70,21 +71,33 @@ class SlotTable {
     return {position_.data() + h * slots_, static_cast<std::size_t>(slots_)};
   }
 
-  /// Takes a free slot of head h for `position`. Throws if none is free (the engine appended
-  /// twice without `observe`) or positions do not increase.
-  token_t take(index_t h, std::int64_t position) {
-    index_t& count = free_count_[static_cast<std::size_t>(h)];
-    if (count == 0)
-      fail("append", "a free slot (call observe after every append)", "all ", slots_,
-           " slots live");
-    std::int64_t& last = last_[static_cast<std::size_t>(h)];
-    if (position <= last)
-      fail("position", cat("a position after the previous one (", last, ")"), position);
-    last = position;
-    const token_t slot = free_[static_cast<std::size_t>(h * slots_ + --count)];
-    position_[static_cast<std::size_t>(h * slots_ + slot)] = position;
-    return slot;
+  /// Checks that every stored head can take a slot for `position`: each has a free slot (the
+  /// engine did not append twice without `observe`) and the position comes after the previous
+  /// one. Throws `kvevict::error` otherwise, having changed nothing. O(heads).
+  void check_take(std::int64_t position) const {
+    for (index_t h = 0; h < heads_; ++h)
+      if (free_count_[static_cast<std::size_t>(h)] == 0)
+        fail("append", "a free slot (call observe after every append)", "all ", slots_,
+             " slots live", heads_ > 1 ? cat(" in stored head ", h) : std::string());
+    if (position <= last_)
+      fail("position", cat("a position after the previous one (", last_, ")"), position);
   }
+
+  /// Takes a free slot of every stored head for `position` and writes them into `out` (one per
+  /// stored head). All heads or none: `check_take` runs first, then nothing can fail.
+  void take_all(std::int64_t position, std::span<token_t> out) {
+    check_take(position);
+    last_ = position;
+    for (index_t h = 0; h < heads_; ++h) {
+      index_t& count = free_count_[static_cast<std::size_t>(h)];
+      const token_t slot = free_[static_cast<std::size_t>(h * slots_ + --count)];
+      position_[static_cast<std::size_t>(h * slots_ + slot)] = position;
+      out[static_cast<std::size_t>(h)] = slot;
+    }
+  }
+
+  /// The last position taken (−1 before the first).
+  std::int64_t last_position() const noexcept { return last_; }
 
   /// Frees `slot` of head h.
   void release(index_t h, token_t slot) noexcept {
@@ -98,7 +111,7 @@ class SlotTable {
   std::vector<std::int64_t> position_;
   std::vector<token_t> free_;
   std::vector<index_t> free_count_;
-  std::vector<std::int64_t> last_;
+  std::int64_t last_ = -1;  ///< every stored head takes every position, so one for all
 };
 
 /// Which slots of each stored head are protected from eviction: the first `sinks` tokens ever
@@ -148,15 +161,16 @@ class Protection {
 };
 
 /// Takes a slot for `position` in every stored head of `table` and writes the slot of each KV
-/// head into `out` (one stored head: the same slot for all). Returns `out`.
+/// head into `out` (one stored head: the same slot for all). Returns `out`. Every stored head
+/// takes one, or (on error) none does.
 inline std::span<const token_t> append_to_slots(SlotTable& table, std::vector<token_t>& out,
                                                 std::int64_t position) {
-  const auto kv_heads = static_cast<index_t>(out.size());
   if (table.heads() == 1) {
-    std::fill(out.begin(), out.end(), table.take(0, position));
+    token_t slot = 0;
+    table.take_all(position, {&slot, 1});
+    std::fill(out.begin(), out.end(), slot);
   } else {
-    for (index_t h = 0; h < kv_heads; ++h)
-      out[static_cast<std::size_t>(h)] = table.take(h, position);
+    table.take_all(position, out);
   }
   return out;
 }

@@ -141,6 +141,20 @@ void rope_shift(const KVCache<T>& kv, const Compaction& c, const Rope& rope) {
   if (static_cast<index_t>(c.lengths.size()) != kv.kv_heads())
     detail::fail("compaction", detail::cat("lengths for kv_heads (", kv.kv_heads(), ")"),
                  c.lengths.size());
+  // The whole compaction is checked before the first key turns: no head half shifted.
+  if (static_cast<index_t>(c.offsets.size()) != kv.kv_heads() + 1 || c.offsets[0] != 0 ||
+      c.offsets.back() != static_cast<index_t>(c.positions.size()))
+    detail::fail("compaction", "CSR offsets (kv_heads + 1, from 0 to positions.size())",
+                 c.offsets.size(), " offsets for ", c.positions.size(), " positions");
+  for (index_t h = 0; h < kv.kv_heads(); ++h) {
+    const index_t count =
+        c.offsets[static_cast<std::size_t>(h + 1)] - c.offsets[static_cast<std::size_t>(h)];
+    if (count < 0 || count > kv.tokens() || count != c.lengths[static_cast<std::size_t>(h)])
+      detail::fail("compaction",
+                   detail::cat("per head, length = offsets[h + 1] − offsets[h] <= tokens (",
+                               kv.tokens(), ")"),
+                   count, " at head ", h);
+  }
   std::vector<double> freq, cs(static_cast<std::size_t>(rd));
   detail::rope_frequencies(rope, rd, freq);
   std::vector<std::int64_t> deltas;

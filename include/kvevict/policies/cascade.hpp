@@ -99,8 +99,9 @@ class Cascade {
 
   /// Starts a sequence: S + C · W slots kept (W from the budget), one more for the newcomer.
   void start(const StreamConfig& config) {
-    slots_ = detail::check_stream_config(config, /*needs_budget=*/true);
-    w_ = window_for(config.budget);
+    const index_t slots = detail::check_stream_config(config, /*needs_budget=*/true);
+    w_ = window_for(config.budget);  // throws before anything has changed
+    slots_ = slots;
     q_heads_ = config.q_heads;
     const index_t stored = params_.shared ? 1 : config.kv_heads;
     table_.start(stored, slots_);
@@ -222,6 +223,7 @@ class Cascade {
       detail::fail("prompt", "the slots' kv_heads, head_dim and head_dim_v", "a different shape");
     const index_t kv_heads = slots.kv_heads(), d = slots.head_dim(), dv = slots.head_dim_v();
     const index_t n = prompt.tokens();
+    check_prefill(slots, prompt, queries, first_position);
     for (index_t c0 = 0; c0 < n; c0 += params_.stride) {
       const index_t chunk = std::min(params_.stride, n - c0);
       Workspace::Frame frame(ws);
@@ -283,6 +285,57 @@ class Cascade {
         ++count_;
       }
     }
+  }
+
+  /// Everything in `prefill` that can fail, checked before it changes anything: a started
+  /// sequence with no append waiting for its observe, positions after the last one, and inputs
+  /// whose attention logits are finite — finite queries and keys (the prompt's and the live
+  /// slots') whose norms bound every logit |q·k|/√d ≤ ‖q‖‖k‖/√d below 1e37, so no chunk's
+  /// attention can fail halfway through the prompt. O((n + slots) · d).
+  template <Element T>
+  void check_prefill(const KVCache<T>& slots, const KVCache<T>& prompt,
+                     const QueryWindow<T>& queries, std::int64_t first_position) const {
+    if (pending_.empty()) detail::fail("prefill", "a started sequence (call start)", "none");
+    if (pending_[0] >= 0)
+      detail::fail("prefill", "an observe after the previous append", "an append pending");
+    const auto kv_heads = static_cast<index_t>(append_slots_.size());
+    if (slots.kv_heads() != kv_heads)
+      detail::fail("slots.kv_heads", detail::cat("the kv_heads of start (", kv_heads, ")"),
+                   slots.kv_heads());
+    if (queries.q_heads() != q_heads_)
+      detail::fail("queries.q_heads", detail::cat("the q_heads of start (", q_heads_, ")"),
+                   queries.q_heads());
+    if (prompt.tokens() > 0 && first_position <= table_.last_position())
+      detail::fail("first_position",
+                   detail::cat("a position after the previous one (", table_.last_position(), ")"),
+                   first_position);
+    const auto norm = [](const auto& row, std::string_view what, auto... where) {
+      double sum = 0;
+      for (const auto& e : row) {
+        const float x = to_float(e);
+        if (!std::isfinite(x)) detail::fail(what, "finite values", x, where...);
+        sum += static_cast<double>(x) * x;
+      }
+      return std::sqrt(sum);
+    };
+    double q_max = 0, k_max = 0;
+    for (index_t h = 0; h < queries.q_heads(); ++h)
+      for (index_t i = 0; i < queries.window(); ++i)
+        q_max = std::max(q_max, norm(queries.query(h, i), "queries", " at query head ", h,
+                                     ", window position ", i));
+    for (index_t h = 0; h < prompt.kv_heads(); ++h) {
+      for (index_t t = 0; t < prompt.tokens(); ++t)
+        k_max = std::max(
+            k_max, norm(prompt.key(h, t), "prompt", " in a key of KV head ", h, ", token ", t));
+      for (index_t s = 0; s < slots_; ++s)
+        if (position(h, s) >= 0)
+          k_max = std::max(
+              k_max, norm(slots.key(h, s), "slots", " in a key of KV head ", h, ", slot ", s));
+    }
+    const double bound = q_max * k_max / std::sqrt(static_cast<double>(prompt.head_dim()));
+    if (!(bound < 1e37))
+      detail::fail("prompt", "keys and queries whose logits cannot overflow (|q|·|k|/√d < 1e37)",
+                   bound);
   }
 
   // ---- one-shot

@@ -123,12 +123,14 @@ class CORM {
 
   /// Starts a sequence in `config.capacity` slots (no budget: CORM is budget-free).
   void start(const StreamConfig& config) {
-    slots_ = detail::check_stream_config(config, /*needs_budget=*/false);
-    limit_ = slots_ - 1;  // a free slot must remain for the next token
-    if (params_.max_tokens > 0) limit_ = std::min(limit_, params_.max_tokens);
-    detail::require(limit_ >= std::max<index_t>(params_.r, 1), "capacity",
+    const index_t slots = detail::check_stream_config(config, /*needs_budget=*/false);
+    index_t limit = slots - 1;  // a free slot must remain for the next token
+    if (params_.max_tokens > 0) limit = std::min(limit, params_.max_tokens);
+    detail::require(limit >= std::max<index_t>(params_.r, 1), "capacity",
                     detail::cat("room for r (", params_.r, ") tokens and the next one"),
                     config.capacity);
+    slots_ = slots;  // nothing changes before every check has passed
+    limit_ = limit;
     q_heads_ = config.q_heads;
     live_threshold_ = params_.threshold == CORMThreshold::live;
     const index_t stored = params_.shared ? 1 : config.kv_heads;

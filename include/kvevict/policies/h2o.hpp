@@ -126,10 +126,11 @@ class H2O {
 
   /// Starts a sequence keeping `budget` tokens per KV head (R of them recent).
   void start(const StreamConfig& config) {
-    slots_ = detail::check_stream_config(config, /*needs_budget=*/true);
+    const index_t slots = detail::check_stream_config(config, /*needs_budget=*/true);
+    detail::check_protected(config.budget, recent_for(config.budget), "recent");
+    slots_ = slots;  // nothing changes before every check has passed
     budget_ = config.budget;
     recent_ = recent_for(budget_);
-    detail::check_protected(budget_, recent_, "recent");
     q_heads_ = config.q_heads;
     const index_t stored = params_.shared ? 1 : config.kv_heads;
     table_.start(stored, slots_);

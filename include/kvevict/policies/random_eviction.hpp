@@ -85,9 +85,10 @@ class RandomEviction {
 
   /// Starts a sequence keeping `budget` tokens per KV head in `budget + 1` slots.
   void start(const StreamConfig& config) {
-    slots_ = detail::check_stream_config(config, /*needs_budget=*/true);
+    const index_t slots = detail::check_stream_config(config, /*needs_budget=*/true);
+    detail::check_protected(config.budget, params_.sinks + params_.recent, "sinks + recent");
+    slots_ = slots;  // nothing changes before every check has passed
     budget_ = config.budget;
-    detail::check_protected(budget_, params_.sinks + params_.recent, "sinks + recent");
     const index_t stored = params_.shared ? 1 : config.kv_heads;
     table_.start(stored, slots_);
     protection_.start(stored, slots_, params_.sinks, params_.recent);

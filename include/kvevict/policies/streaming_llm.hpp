@@ -69,8 +69,9 @@ class StreamingLLM {
 
   /// Starts a sequence: `budget` tokens kept (≥ sinks), `budget + 1` slots (or `capacity`).
   void start(const StreamConfig& config) {
-    slots_ = detail::check_stream_config(config, /*needs_budget=*/true);
+    const index_t slots = detail::check_stream_config(config, /*needs_budget=*/true);
     detail::check_protected(config.budget, params_.sinks, "sinks");
+    slots_ = slots;  // nothing changes before every check has passed
     budget_ = config.budget;
     table_.start(1, slots_);
     fifo_.assign(static_cast<std::size_t>(slots_), 0);
