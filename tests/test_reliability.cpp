@@ -215,5 +215,47 @@ TEST(Issue22, RopeShiftOfAMalformedCompactionWritesNothing) {
   EXPECT_EQ(c.kmem, kbefore);
 }
 
+// Cascade's prefill runs chunk after chunk; a bad value in a late chunk used to surface after the
+// early chunks had been inserted. Everything that can fail is now checked first.
+TEST(Issue22, CascadePrefillThatFailsLeavesSlotsAndStateAsTheyWere) {
+  const index_t kv = 2, qh = 4, n = 64, d = 8;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal;
+  std::vector<float> k(static_cast<std::size_t>(kv * n * d)), v(k.size()),
+      q(static_cast<std::size_t>(qh * n * d));
+  for (auto* vec : {&k, &v, &q})
+    for (float& x : *vec) x = normal(rng);
+  Cascade cascade({.sinks = 2, .cascades = 2, .stride = 16});
+  cascade.start({.kv_heads = kv, .q_heads = qh, .budget = 2 + 2 * 8});
+  const index_t slots = cascade.slots();
+  std::vector<float> ks(static_cast<std::size_t>(kv * slots * d)), vs(ks.size());
+  const KVCache<float> memory(Storage<float>::hnd(ks.data(), slots, d),
+                              Storage<float>::hnd(vs.data(), slots, d), {kv, slots, d});
+  const KVCache<float> prompt(Storage<float>::hnd(k.data(), n, d),
+                              Storage<float>::hnd(v.data(), n, d), {kv, n, d});
+  Workspace ws;
+  cascade.prefill(memory, prompt.with_tokens(20), QueryWindow<float>(q.data(), qh, 20, d), 0, ws);
+  const auto state = snapshot(cascade, kv);
+  const auto kmem = ks, vmem = vs;
+  const Cascade twin = cascade;
+  // the rest of the prompt, with a NaN in a key of its third chunk (token 20 + 40)
+  std::vector<float> k2(k.begin(), k.end()), q2(q.begin(), q.end());
+  const auto rest = [&](std::vector<float>& kk) {
+    return KVCache<float>(Storage<float>::hnd(kk.data() + 20 * d, n, d),
+                          Storage<float>::hnd(v.data() + 20 * d, n, d), {kv, n - 20, d});
+  };
+  const QueryWindow<float> rest_q(q2.data() + 20 * d, qh, n - 20, d, n * d, d);
+  k2[static_cast<std::size_t>((1 * n + 60) * d + 3)] = std::nanf("");
+  EXPECT_THROW(cascade.prefill(memory, rest(k2), rest_q, 20, ws), kvevict::error);
+  EXPECT_THROW(cascade.prefill(memory, rest(k), rest_q, 19, ws), kvevict::error);  // position
+  q2[static_cast<std::size_t>((2 * n + 50) * d)] = 3e38f;  // finite, but its logits overflow
+  EXPECT_THROW(cascade.prefill(memory, rest(k), rest_q, 20, ws), kvevict::error);
+  EXPECT_EQ(snapshot(cascade, kv), state);
+  EXPECT_EQ(ks, kmem);
+  EXPECT_EQ(vs, vmem);
+  for (index_t h = 0; h < kv; ++h)
+    for (index_t s = 0; s < slots; ++s) EXPECT_EQ(cascade.score(h, s), twin.score(h, s));
+}
+
 }  // namespace
 }  // namespace kvevict::test
