@@ -196,12 +196,17 @@ void BM_NACL_Choose(benchmark::State& state) {
   std::vector<float> scores(static_cast<std::size_t>(kKVHeads * n));
   kvevict::RandomStream rng(12, 0, 0);
   for (float& x : scores) x = static_cast<float>(rng.uniform()) * 0.01f;
+  const kvevict::Scores given{.values = scores,
+                              .rows = kKVHeads,
+                              .tokens = n,
+                              .kv_heads = kKVHeads,
+                              .kind = kvevict::ScoreRows::kv_heads,
+                              .layer = 0};
   kvevict::Selection sel;
   kvevict::Workspace ws;
   const kvevict::NACL policy;
   for (auto _ : state) {
-    sel.reset(kKVHeads, n, false);
-    policy.choose(scores, n, n / 5, 0, sel, ws);
+    policy.choose(given, kvevict::Budget::tokens(n / 5), sel, ws);
     benchmark::DoNotOptimize(sel.kept(0).data());
   }
 }
@@ -260,10 +265,10 @@ void BM_Cascade_Prefill(benchmark::State& state) {
   const kvevict::KVCache<Eigen::half> prompt(S::hnd(k.data(), n, kDim), S::hnd(v.data(), n, kDim),
                                              {kv_heads, n, kDim});
   const kvevict::QueryWindow<Eigen::half> queries(q.data(), q_heads, n, kDim);
-  kvevict::Cascade cascade({.sinks = 4, .cascades = 4, .stride = 256});
+  const kvevict::Cascade policy({.sinks = 4, .cascades = 4, .stride = 256});
   kvevict::Workspace ws;
   for (auto _ : state) {
-    cascade.start({.kv_heads = kv_heads, .q_heads = q_heads, .budget = 4 + 4 * 256});
+    auto cascade = policy.start({.kv_heads = kv_heads, .q_heads = q_heads, .budget = 4 + 4 * 256});
     std::vector<Eigen::half> ks(static_cast<std::size_t>(kv_heads * cascade.slots() * kDim)),
         vs(ks.size());
     const kvevict::KVCache<Eigen::half> slots(S::hnd(ks.data(), cascade.slots(), kDim),
@@ -310,9 +315,9 @@ BENCHMARK(BM_Attention_Step)->Arg(4096)->Arg(32768)->Unit(benchmark::kMicrosecon
 /// One steady-state step of a streaming policy with the engine's probabilities given: the new
 /// token's `append` and an `observe` that evicts one token per head from a full cache of n.
 template <class P>
-void policy_step(benchmark::State& state, P policy) {
+void policy_step(benchmark::State& state, const P& p) {
   const index_t n = state.range(0);
-  policy.start({.kv_heads = kKVHeads, .q_heads = kQHeads, .budget = n - 1});
+  auto policy = p.start({.kv_heads = kKVHeads, .q_heads = kQHeads, .budget = n - 1});
   std::vector<float> rows(static_cast<std::size_t>(kQHeads * n));
   kvevict::RandomStream rng(3, 0, 0);
   for (float& x : rows) x = static_cast<float>(rng.uniform()) / static_cast<float>(n);
@@ -339,8 +344,7 @@ void BM_Step_StreamingLLM(benchmark::State& state) {
 /// CORM, budget-free, in n + 1 slots filled first: one step scans every slot's importance.
 void BM_Step_CORM(benchmark::State& state) {
   const index_t n = state.range(0);
-  kvevict::CORM corm;
-  corm.start({.kv_heads = kKVHeads, .q_heads = kQHeads, .capacity = n + 1});
+  auto corm = kvevict::CORM().start({.kv_heads = kKVHeads, .q_heads = kQHeads, .capacity = n + 1});
   std::vector<float> rows(static_cast<std::size_t>(kQHeads * (n + 1)));
   kvevict::RandomStream rng(4, 0, 0);
   for (float& x : rows) x = 2.0f * static_cast<float>(rng.uniform()) / static_cast<float>(n);

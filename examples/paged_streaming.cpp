@@ -11,10 +11,10 @@ int main() {
   constexpr kvevict::index_t kv_heads = 2, q_heads = 4, dim = 16, page_size = 4, budget = 12;
   constexpr std::int64_t steps = 200;
 
-  // The policy decides how many slots the sequence needs: budget + 1 (the newest token joins
-  // before one leaves).
-  kvevict::H2O h2o({.recent = 4});
-  h2o.start({.kv_heads = kv_heads, .q_heads = q_heads, .budget = budget});
+  // The policy holds the parameters; `start` returns the sequence's stream, which decides how
+  // many slots the sequence needs: budget + 1 (the newest token joins before one leaves).
+  const kvevict::H2O policy({.recent = 4});
+  auto h2o = policy.start({.kv_heads = kv_heads, .q_heads = q_heads, .budget = budget});
 
   // The engine's page pool, shared by all sequences: [pages][page_size][kv_heads][dim] (NHD),
   // and this sequence's block table (pages need not be contiguous or in order).

@@ -10,8 +10,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <fuzzer/FuzzedDataProvider.h>
 
-#include <kvevict/eval/registry.hpp>
 #include <kvevict/kvevict.hpp>
+#include <kvevict/registry.hpp>
 
 #include <cstdint>
 #include <cstdio>
@@ -170,21 +170,21 @@ void run(FuzzedDataProvider& in) {
     wo[rng() % wo.size()] = special_values[rng() % 3];
 
   // -- Policy, parameters, budget ---------------------------------------------------------------
-  const auto names = eval::policy_names();
+  const auto names = policy_names();
   const std::string_view name = names[in.ConsumeIntegralInRange<std::size_t>(0, names.size() - 1)];
-  std::optional<eval::AnyPolicy> policy;
+  std::optional<AnyPolicy> policy;
   std::optional<Budget> budget;
   std::optional<QueryWindow<T>> queries;
   std::optional<OutputProjection> projection;
   try {
     projection.emplace(OutputProjection::dense(wo.data(), wo_heads, wo_dim, hidden));
     queries.emplace(q.data(), q_heads, window, qd);
-    const auto defaults = eval::describe(eval::make_policy(name, {}, 0, false, &*projection));
-    eval::Settings settings;
+    const auto defaults = describe(make_policy(name, {.wo = &*projection}));
+    Settings settings;
     for (int i = in.ConsumeIntegralInRange(0, 3); i > 0 && !defaults.empty(); --i) {
       const auto& key =
           defaults[in.ConsumeIntegralInRange<std::size_t>(0, defaults.size() - 1)].first;
-      if (key == "seed" || key == "shared") continue;
+      if (key == "seed" || key == "granularity") continue;  // set below
       switch (in.ConsumeIntegralInRange(0, 3)) {
         case 0:
           settings.emplace_back(key, std::to_string(in.ConsumeIntegralInRange(-3, 40)));
@@ -199,8 +199,13 @@ void run(FuzzedDataProvider& in) {
           settings.emplace_back(key, in.ConsumeBool() ? "max" : "l2");
       }
     }
-    policy.emplace(eval::make_policy(name, settings, in.ConsumeIntegral<std::uint8_t>(),
-                                     in.ConsumeBool(), &*projection));
+    const auto seed = in.ConsumeIntegral<std::uint8_t>();
+    const bool shared = in.ConsumeBool();
+    policy.emplace(make_policy(
+        name, {.settings = settings,
+               .seed = seed,
+               .granularity = shared ? std::optional(Granularity::shared) : std::nullopt,
+               .wo = &*projection}));
     switch (in.ConsumeIntegralInRange(0, 2)) {
       case 0:
         budget = Budget::tokens(in.ConsumeIntegralInRange<index_t>(-2, tokens + 8));
@@ -226,7 +231,7 @@ void run(FuzzedDataProvider& in) {
   Selection out = Selection::all(1, 1);  // complete, as an earlier call leaves it
   Workspace ws;
   try {
-    eval::select(*policy, kv, *queries, *budget, out, ws);
+    kvevict::select(*policy, kv, *queries, *budget, out, ws);
   } catch (const kvevict::error& e) {
     check_message(e);
     if (out.complete()) broken("a failed select leaves its selection incomplete");

@@ -14,13 +14,14 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <fuzzer/FuzzedDataProvider.h>
 
-#include <kvevict/eval/registry.hpp>
 #include <kvevict/kvevict.hpp>
+#include <kvevict/registry.hpp>
 
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -56,20 +57,22 @@ std::vector<token_t> copy(const Evictions& e, index_t kv_heads) {
 }
 
 template <class P>
-void drive(P policy, FuzzedDataProvider& in) {
+void drive(const P& policy_params, FuzzedDataProvider& in) {
   const StreamConfig config{
       in.ConsumeIntegralInRange<index_t>(0, 4), in.ConsumeIntegralInRange<index_t>(0, 12),
       in.ConsumeIntegralInRange<index_t>(-2, 40), in.ConsumeIntegralInRange<index_t>(0, 64)};
   note("start {kv_heads ", to_string(config.kv_heads), ", q_heads ", to_string(config.q_heads),
        ", budget ", to_string(config.budget), ", capacity ", to_string(config.capacity), "}");
+  std::optional<Stream<P>> started;
   try {
-    policy.start(config);
+    started.emplace(policy_params.start(config));
   } catch (const kvevict::error& e) {
     note("  -> error: ", e.what());
     check_message(e);
     return;
   }
-  P twin = policy;  // receives only the calls that succeed
+  Stream<P>& policy = *started;
+  Stream<P> twin = policy;  // receives only the calls that succeed
   const index_t slots = policy.slots(), kv_heads = config.kv_heads, q_heads = config.q_heads;
   const bool budgeted = config.budget > 0;
   std::vector<float> rows(static_cast<std::size_t>(q_heads * slots + 1));
@@ -187,16 +190,22 @@ void drive(P policy, FuzzedDataProvider& in) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   FuzzedDataProvider in(data, size);
-  const std::string_view streaming[] = {"streaming_llm", "random", "tova",
-                                        "h2o",           "corm",   "cascade"};
-  const std::string_view name = streaming[in.ConsumeIntegralInRange<std::size_t>(0, 5)];
-  eval::Settings settings;
+  static const std::vector<std::string_view> streaming = [] {
+    std::vector<std::string_view> out;  // every streaming policy, in the registry's order
+    for_each_policy([&]<class P>() {
+      if (P::info.streaming) out.push_back(P::name);
+    });
+    return out;
+  }();
+  const std::string_view name =
+      streaming[in.ConsumeIntegralInRange<std::size_t>(0, streaming.size() - 1)];
+  Settings settings;
   try {
-    const auto defaults = eval::describe(eval::make_policy(name));
+    const auto defaults = describe(make_policy(name));
     for (int i = in.ConsumeIntegralInRange(0, 3); i > 0 && !defaults.empty(); --i) {
       const auto& key =
           defaults[in.ConsumeIntegralInRange<std::size_t>(0, defaults.size() - 1)].first;
-      if (key == "seed" || key == "shared") continue;
+      if (key == "seed" || key == "granularity") continue;  // set below, as before
       settings.emplace_back(key, in.ConsumeBool()
                                      ? std::to_string(in.ConsumeIntegralInRange(-2, 24))
                                      : std::to_string(in.ConsumeFloatingPointInRange(-0.5, 1.5)));
@@ -208,11 +217,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     for (const auto& [key, value] : settings) described += " " + key + "=" + value;
     note("policy ", std::string(name), described, " seed=", to_string(seed),
          shared ? " shared" : "");
-    const auto policy = eval::make_policy(name, settings, seed, shared);
+    const auto policy = make_policy(
+        name, {.settings = settings,
+               .seed = seed,
+               .granularity = shared ? std::optional(Granularity::shared) : std::nullopt});
     std::visit(
         [&](const auto& p) {
           using P = std::decay_t<decltype(p)>;
-          if constexpr (StreamingPolicy<P, float>) drive(p, in);
+          if constexpr (StreamingPolicy<P>) drive(p, in);
         },
         policy);
   } catch (const kvevict::error& e) {

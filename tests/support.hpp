@@ -137,8 +137,8 @@ OwnedCache<T> make_cache(Layout layout, index_t heads, index_t tokens, index_t d
       const index_t ts_k = heads * dim + 3, ts_v = heads * dim_v + 3;
       c.kmem.assign(static_cast<std::size_t>(tokens * ts_k + 7), sentinel);
       c.vmem.assign(static_cast<std::size_t>(tokens * ts_v + 7), sentinel);
-      c.view.emplace(Storage<T>::strided(c.kmem.data() + 7, dim, ts_k),
-                     Storage<T>::strided(c.vmem.data() + 7, dim_v, ts_v), shape);
+      c.view.emplace(Storage<T>::strided(c.kmem.data() + 7, {.head = dim, .token = ts_k}),
+                     Storage<T>::strided(c.vmem.data() + 7, {.head = dim_v, .token = ts_v}), shape);
       break;
     }
     case Layout::paged_hnd:
@@ -162,9 +162,11 @@ OwnedCache<T> make_cache(Layout layout, index_t heads, index_t tokens, index_t d
       const index_t block = page * heads * dim;
       c.kmem.assign(static_cast<std::size_t>(pool * 2 * block), sentinel);
       const PageTable table{c.pages, page, pool, 0};
-      c.view.emplace(Storage<T>::paged(c.kmem.data(), 2 * block, dim, heads * dim),
-                     Storage<T>::paged(c.kmem.data() + block, 2 * block, dim, heads * dim), shape,
-                     table);
+      c.view.emplace(
+          Storage<T>::paged(c.kmem.data(), {.head = dim, .token = heads * dim, .page = 2 * block}),
+          Storage<T>::paged(c.kmem.data() + block,
+                            {.head = dim, .token = heads * dim, .page = 2 * block}),
+          shape, table);
       break;
     }
     case Layout::cells: {  // llama.cpp: cells [kv_size][h][d], the sequence scattered among them
@@ -173,8 +175,10 @@ OwnedCache<T> make_cache(Layout layout, index_t heads, index_t tokens, index_t d
       c.kmem.assign(static_cast<std::size_t>(kv_size * heads * dim), sentinel);
       c.vmem.assign(static_cast<std::size_t>(kv_size * heads * dim_v), sentinel);
       const PageTable table{c.pages, 1, kv_size, 0};
-      c.view.emplace(Storage<T>::paged(c.kmem.data(), heads * dim, dim, 0),
-                     Storage<T>::paged(c.vmem.data(), heads * dim_v, dim_v, 0), shape, table);
+      c.view.emplace(
+          Storage<T>::paged(c.kmem.data(), {.head = dim, .token = 0, .page = heads * dim}),
+          Storage<T>::paged(c.vmem.data(), {.head = dim_v, .token = 0, .page = heads * dim_v}),
+          shape, table);
       break;
     }
   }

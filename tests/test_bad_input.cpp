@@ -2,7 +2,7 @@
 // non-finite value a caller can hand over gets a kvevict::error naming the argument, and the
 // caller's outputs (selection, streaming state) are left as they were.
 // SPDX-License-Identifier: Apache-2.0
-#include <kvevict/eval/registry.hpp>
+#include <kvevict/registry.hpp>
 
 #include <functional>
 #include <limits>
@@ -66,11 +66,11 @@ TEST(BadInput, ViewShapesStridesAndPageTables) {
       // overlapping strides: heads of K, tokens of K, K over V
       {"keys",
        [&] {
-         KVCache<float>(S::strided(p, 2, 8), S::hnd(p + 512, 8, 4), {2, 8, 4});
+         KVCache<float>(S::strided(p, {.head = 2, .token = 8}), S::hnd(p + 512, 8, 4), {2, 8, 4});
        }},
       {"keys",
        [&] {
-         KVCache<float>(S::strided(p, 64, 2), S::hnd(p + 512, 8, 4), {2, 8, 4});
+         KVCache<float>(S::strided(p, {.head = 64, .token = 2}), S::hnd(p + 512, 8, 4), {2, 8, 4});
        }},
       {"values.data",
        [&] {
@@ -202,23 +202,34 @@ bool same(const Selection& a, const Selection& b) {
   return true;
 }
 
+/// Whether a configured policy protects a fixed number of tokens: one of its protected-region
+/// parameters (sinks, a recent window, an observation window, CORM-style r) is at least 1.
+/// A recent window given as a share of the budget ("none") is not fixed.
+bool protects_tokens(const AnyPolicy& policy) {
+  for (const auto& [key, value] : describe(policy))
+    if ((key == "sinks" || key == "recent" || key == "window" || key == "r") && !value.empty() &&
+        value[0] != '"' && std::stoll(value) >= 1)
+      return true;
+  return false;
+}
+
 TEST(BadInput, EveryPolicyBudgets) {
   Inputs in;
   const auto wo = in.projection();
   Workspace ws;
-  for (auto name : eval::policy_names()) {
-    const auto policy = eval::make_policy(name, small_settings(name), 7, false, &wo);
+  for (auto name : policy_names()) {
+    const auto policy = make_policy(name, {.settings = small_settings(name), .seed = 7, .wo = &wo});
     const std::string ctx(name);
     Selection out;
     // Budget::none() is for budget-free policies (CORM); CORM's one-shot form takes a budget as a
     // cap.
-    if (!eval::budget_free(policy))
+    if (!budget_free(policy))
       expect_names(
-          [&] { eval::select(policy, in.cache.kv(), in.queries(), Budget::none(), out, ws); },
+          [&] { kvevict::select(policy, in.cache.kv(), in.queries(), Budget::none(), out, ws); },
           "budget", ctx);
     // Budgets that hold everything are a documented no-op: every token of every head.
     for (const Budget b : {Budget::tokens(n), Budget::tokens(n + 1000), Budget::ratio(1.0)}) {
-      eval::select(policy, in.cache.kv(), in.queries(), b, out, ws);
+      kvevict::select(policy, in.cache.kv(), in.queries(), b, out, ws);
       for (index_t h = 0; h < kv_heads; ++h) {
         ASSERT_EQ(out.size(h), n) << ctx;
         for (index_t i = 0; i < n; ++i) ASSERT_EQ(out.kept(h)[static_cast<std::size_t>(i)], i);
@@ -226,11 +237,11 @@ TEST(BadInput, EveryPolicyBudgets) {
     }
     // Too small to hold the protected regions (sinks, windows), where a policy has any.
     // H2O's recent window is a share of the budget, TOVA protects nothing.
-    if (name == "streaming_llm" || name == "random" || name == "tova" || name == "h2o") continue;
+    if (!protects_tokens(policy)) continue;
     Selection untouched = sentinel_selection();
     expect_names(
         [&] {
-          eval::select(policy, in.cache.kv(), in.queries(), Budget::tokens(1), untouched, ws);
+          kvevict::select(policy, in.cache.kv(), in.queries(), Budget::tokens(1), untouched, ws);
         },
         "budget", ctx);
     expect_cleared(untouched, in.cache.kv(), ctx);
@@ -244,18 +255,45 @@ TEST(BadInput, EveryPolicyBudgets) {
     expect_names(fn, "budget", "Budget");
 }
 
-/// Which inputs each policy computes on. A policy that never reads a tensor cannot be misled
-/// by it, and checking it would cost a pass over the whole cache: those accept it.
-/// TOVA reads only the last query of the window.
-bool reads(std::string_view policy, char tensor, bool last_query) {
-  const bool scores = policy != "streaming_llm" && policy != "random";
+/// The budget each policy is run with here: none for budget-free policies, else 24 tokens.
+Budget test_budget(std::string_view policy) {
+  return policy_info(policy).budget_free ? Budget::none() : Budget::tokens(24);
+}
+
+/// Whether the policy's selection depends on the window's queries before the last one: its
+/// selection with those queries redrawn differs from the one with the given window. (TOVA, for
+/// one, reads only the last query.)
+bool reads_earlier_queries(std::string_view policy) {
+  Inputs given, redrawn;
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> normal;
+  for (index_t h = 0; h < q_heads; ++h)
+    for (index_t i = 0; i + 1 < w; ++i)
+      for (index_t e = 0; e < d; ++e)
+        redrawn.q[static_cast<std::size_t>((h * w + i) * d + e)] = normal(rng);
+  const auto wo = given.projection();
+  const auto p = make_policy(policy, {.settings = small_settings(policy), .seed = 7, .wo = &wo});
+  Selection a, b;
+  Workspace ws;
+  kvevict::select(p, given.cache.kv(), given.queries(), test_budget(policy), a, ws);
+  kvevict::select(p, redrawn.cache.kv(), redrawn.queries(), test_budget(policy), b, ws);
+  return !same(a, b);
+}
+
+/// Which inputs each policy computes on (its metadata's `reads`). A policy that never reads a
+/// tensor cannot be misled by it, and checking it would cost a pass over the whole cache: those
+/// accept it. A policy that reads only the last query of the window accepts the earlier ones.
+bool reads(std::string_view policy, char tensor, bool last_query, bool earlier_queries) {
+  const unsigned r = policy_info(policy).reads;
   switch (tensor) {
     case 'k':
-      return scores;
+      return (r & reads_keys) != 0;
     case 'q':
-      return scores && (last_query || policy != "tova");
-    default:  // V and W_o
-      return policy == "criticalkv";
+      return (r & reads_queries) != 0 && (last_query || earlier_queries);
+    case 'v':
+      return (r & reads_values) != 0;
+    default:  // W_o
+      return (r & reads_output_projection) != 0;
   }
 }
 
@@ -264,7 +302,8 @@ TEST(BadInput, EveryPolicyNonFiniteValues) {
                               std::numeric_limits<float>::infinity(),
                               -std::numeric_limits<float>::infinity()};
   Workspace ws;
-  for (auto name : eval::policy_names()) {
+  for (auto name : policy_names()) {
+    const bool earlier_queries = reads_earlier_queries(name);
     for (const char tensor : {'k', 'q', 'v', 'o'}) {
       for (const float bad : bad_values) {
         for (const index_t where : {index_t{0}, index_t{37}}) {  // a sink, and a scored token
@@ -285,13 +324,14 @@ TEST(BadInput, EveryPolicyNonFiniteValues) {
           const auto wo = in.projection(), clean_wo = clean.projection();
           const std::string ctx = std::string(name) + " " + tensor + " " + std::to_string(bad) +
                                   " at " + std::to_string(where);
-          const Budget budget = eval::is_budget_free(name) ? Budget::none() : Budget::tokens(24);
+          const Budget budget = test_budget(name);
           Selection out = sentinel_selection();
           auto run = [&] {
-            const auto policy = eval::make_policy(name, small_settings(name), 7, false, &wo);
-            eval::select(policy, in.cache.kv(), in.queries(), budget, out, ws);
+            const auto policy =
+                make_policy(name, {.settings = small_settings(name), .seed = 7, .wo = &wo});
+            kvevict::select(policy, in.cache.kv(), in.queries(), budget, out, ws);
           };
-          if (reads(name, tensor, where == 0)) {
+          if (reads(name, tensor, where == 0, earlier_queries)) {
             const std::string argument = tensor == 'k'   ? "keys"
                                          : tensor == 'q' ? "queries"
                                          : tensor == 'v' ? "values"
@@ -301,8 +341,9 @@ TEST(BadInput, EveryPolicyNonFiniteValues) {
           } else {
             run();
             Selection expected;
-            const auto policy = eval::make_policy(name, small_settings(name), 7, false, &clean_wo);
-            eval::select(policy, clean.cache.kv(), clean.queries(), budget, expected, ws);
+            const auto policy =
+                make_policy(name, {.settings = small_settings(name), .seed = 7, .wo = &clean_wo});
+            kvevict::select(policy, clean.cache.kv(), clean.queries(), budget, expected, ws);
             EXPECT_TRUE(same(out, expected)) << ctx;
           }
         }
@@ -316,7 +357,7 @@ TEST(BadInput, EveryPolicyNonFiniteValues) {
 /// `reads_rows`: the policy computes on the attention rows. StreamingLLM and random never look at
 /// them (an engine may pass `{}`), so they cannot be misled by them either.
 template <class P>
-void expect_streaming_errors(P policy, StreamConfig config, bool reads_rows) {
+void expect_streaming_errors(const P policy, StreamConfig config, bool reads_rows) {
   const std::string ctx(P::name);
   expect_names([&] { policy.start({.kv_heads = 0, .q_heads = 4, .budget = config.budget}); },
                "kv_heads", ctx);
@@ -326,63 +367,62 @@ void expect_streaming_errors(P policy, StreamConfig config, bool reads_rows) {
     expect_names([&] { policy.start({.kv_heads = 2, .q_heads = 4, .budget = -5}); }, "budget", ctx);
   else
     expect_names([&] { policy.start({.kv_heads = 2, .q_heads = 4, .budget = 8}); }, "budget", ctx);
-  policy.start(config);
-  const index_t slots = policy.slots();
+  auto stream = policy.start(config);
+  const index_t slots = stream.slots();
   std::vector<float> rows(static_cast<std::size_t>(4 * slots), 0.0f);
   auto uniform = [&] {
     for (index_t h = 0; h < 4; ++h)
       for (index_t s = 0; s < slots; ++s)
         rows[static_cast<std::size_t>(h * slots + s)] =
-            policy.position(h / 2, s) >= 0 ? 1.0f / static_cast<float>(policy.size(h / 2)) : 0.0f;
+            stream.position(h / 2, s) >= 0 ? 1.0f / static_cast<float>(stream.size(h / 2)) : 0.0f;
   };
   // Run past the budget so that evictions happen, then feed bad rows.
-  P twin = policy;  // sees only the good steps
-  twin.start(config);
+  auto twin = policy.start(config);  // sees only the good steps
   std::int64_t pos = 0;
   for (; pos < 40; ++pos) {
-    policy.append(pos);
+    stream.append(pos);
     twin.append(pos);
     uniform();
     const AttentionRows r{rows.data(), 4, slots, slots};
-    policy.observe(r);
+    stream.observe(r);
     twin.observe(r);
   }
-  expect_names([&] { policy.append(pos - 1); }, "position", ctx);
-  policy.append(pos);
+  expect_names([&] { stream.append(pos - 1); }, "position", ctx);
+  stream.append(pos);
   twin.append(pos);
-  if (policy.size(0) == slots)  // full: the next token needs an observe first
-    expect_names([&] { policy.append(pos + 1); }, "append", ctx);
+  if (stream.size(0) == slots)  // full: the next token needs an observe first
+    expect_names([&] { stream.append(pos + 1); }, "append", ctx);
   if (reads_rows) {
-    expect_names([&] { policy.observe({rows.data(), 3, slots, slots}); }, "rows.q_heads", ctx);
-    expect_names([&] { policy.observe({rows.data(), 4, slots - 1, slots}); }, "rows.slots", ctx);
-    expect_names([&] { policy.observe({nullptr, 4, slots, slots}); }, "rows.data", ctx);
+    expect_names([&] { stream.observe({rows.data(), 3, slots, slots}); }, "rows.q_heads", ctx);
+    expect_names([&] { stream.observe({rows.data(), 4, slots - 1, slots}); }, "rows.slots", ctx);
+    expect_names([&] { stream.observe({nullptr, 4, slots, slots}); }, "rows.data", ctx);
   }
   uniform();
   for (const float bad :
        {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(), -0.5f}) {
     // A live slot of query head 2 (KV head 1): the newest token's.
     token_t live = 0;
-    while (policy.position(1, live) != pos) ++live;
+    while (stream.position(1, live) != pos) ++live;
     const float saved = rows[static_cast<std::size_t>(2 * slots + live)];
     rows[static_cast<std::size_t>(2 * slots + live)] = bad;
     if (!reads_rows) break;
     expect_names(
         [&] {
-          policy.observe({rows.data(), 4, slots, slots});
+          stream.observe({rows.data(), 4, slots, slots});
         },
         "rows", ctx + " " + std::to_string(bad));
     rows[static_cast<std::size_t>(2 * slots + live)] = saved;
   }
   uniform();
-  // The failed calls changed nothing: the policy goes on exactly like its twin.
+  // The failed calls changed nothing: the stream goes on exactly like its twin.
   for (; pos < 60; ++pos) {
     if (pos > 40) {
-      policy.append(pos);
+      stream.append(pos);
       twin.append(pos);
     }
     uniform();
     const AttentionRows r{rows.data(), 4, slots, slots};
-    const Evictions a = policy.observe(r);
+    const Evictions a = stream.observe(r);
     std::vector<token_t> ea(a.slots.begin(), a.slots.end());
     const Evictions b = twin.observe(r);
     EXPECT_TRUE(std::ranges::equal(ea, b.slots)) << ctx << " step " << pos;
@@ -445,8 +485,8 @@ namespace {
 // token (live, in no sub-cache, never evicted), and an observe with no newcomer has nothing to
 // place. Both are errors that leave the sequence as it was (found by fuzz_stream).
 TEST(BadInput, CascadeOneObservePerAppend) {
-  Cascade cascade({.sinks = 1, .cascades = 2});
-  cascade.start({.kv_heads = 1, .q_heads = 1, .budget = 5, .capacity = 9});
+  auto cascade = Cascade({.sinks = 1, .cascades = 2})
+                     .start({.kv_heads = 1, .q_heads = 1, .budget = 5, .capacity = 9});
   std::vector<float> rows(static_cast<std::size_t>(cascade.slots()), 0.0f);
   const AttentionRows r{rows.data(), 1, cascade.slots(), cascade.slots()};
   expect_names([&] { cascade.observe(r); }, "observe", "observe first");

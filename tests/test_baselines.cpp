@@ -70,7 +70,8 @@ TEST(SnapKV, PerHeadAndSharedModes) {
   EXPECT_EQ(kept(sel, 0), (std::vector<token_t>{0, 4}));
   EXPECT_EQ(kept(sel, 1), (std::vector<token_t>{3, 4}));
   // Shared: mean over both heads; tokens 0 and 3 tie, the more recent (3) wins.
-  SnapKV({.window = 1, .kernel = 1, .shared = true}).select(kv, window, Budget::tokens(2), sel, ws);
+  SnapKV({.window = 1, .kernel = 1, .granularity = Granularity::shared})
+      .select(kv, window, Budget::tokens(2), sel, ws);
   ASSERT_TRUE(sel.shared());
   EXPECT_EQ(kept(sel, 1), (std::vector<token_t>{3, 4}));
 }
@@ -91,8 +92,8 @@ TEST(TOVA, OneShotUsesOnlyTheLastQuery) {
 }
 
 TEST(TOVA, StreamingEvictsTheArgminTheNewTokenIncluded) {
-  TOVA tova;
-  tova.start({.kv_heads = 1, .q_heads = 2, .budget = 2});
+  TOVA tova_policy;
+  auto tova = tova_policy.start({.kv_heads = 1, .q_heads = 2, .budget = 2});
   ASSERT_EQ(tova.slots(), 3);
   std::vector<float> rows(2 * 3);
   auto step = [&](std::int64_t pos, std::vector<float> head0, std::vector<float> head1) {
@@ -121,8 +122,8 @@ TEST(TOVA, StreamingEvictsTheArgminTheNewTokenIncluded) {
 }
 
 TEST(TOVA, StreamingPerHeadEvictsPerGroup) {
-  TOVA tova({.shared = false});
-  tova.start({.kv_heads = 2, .q_heads = 2, .budget = 1});
+  auto tova = TOVA({.granularity = Granularity::per_head})
+                  .start({.kv_heads = 2, .q_heads = 2, .budget = 1});
   std::vector<float> rows(2 * 2);
   tova.append(0);
   tova.observe({rows.data(), 2, 2, 2});
@@ -199,7 +200,7 @@ TEST(Baselines, BudgetAtLeastNIsABitExactNoOp) {
   check(StreamingLLM());
   check(RandomEviction({.sinks = 40}));  // protected regions larger than n do not matter at B ≥ n
   check(SnapKV({.window = 4}));
-  check(SnapKV({.window = 4, .shared = true}));
+  check(SnapKV({.window = 4, .granularity = Granularity::shared}));
   check(TOVA());
 }
 

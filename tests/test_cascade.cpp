@@ -8,7 +8,7 @@
 namespace kvevict::test {
 namespace {
 
-static_assert(StreamingPolicy<Cascade, float> && EvictionPolicy<Cascade, Eigen::half>);
+static_assert(StreamingPolicy<Cascade> && EvictionPolicy<Cascade, Eigen::half>);
 
 template <class P>
 std::vector<std::int64_t> live_positions(const P& p, index_t head = 0) {
@@ -30,11 +30,10 @@ void uniform_step(P& p, std::int64_t pos, std::vector<float>& rows) {
 }
 
 TEST(Cascade, OneCascadeIsStreamingLLM) {
-  Cascade cascade({.sinks = 3, .cascades = 1});
-  StreamingLLM streaming({.sinks = 3});
-  cascade.start({.kv_heads = 2, .q_heads = 4, .budget = 11});
-  streaming.start({.kv_heads = 2, .q_heads = 4, .budget = 11});
-  ASSERT_EQ(cascade.cascade_slots(), 8);
+  auto cascade =
+      Cascade({.sinks = 3, .cascades = 1}).start({.kv_heads = 2, .q_heads = 4, .budget = 11});
+  auto streaming = StreamingLLM({.sinks = 3}).start({.kv_heads = 2, .q_heads = 4, .budget = 11});
+  ASSERT_EQ(cascade.state().cascade_slots(), 8);
   std::mt19937_64 rng(1);
   std::uniform_real_distribution<float> uniform;
   std::vector<float> rows(static_cast<std::size_t>(4 * cascade.slots()));
@@ -57,8 +56,8 @@ TEST(Cascade, UniformAttentionSpacingAndSpan) {
     for (index_t w : {2, 4, 8}) {
       SCOPED_TRACE(::testing::Message() << "C=" << c_count << " W=" << w);
       const index_t sinks = 2;
-      Cascade c({.sinks = sinks, .cascades = c_count});
-      c.start({.kv_heads = 1, .q_heads = 1, .budget = sinks + c_count * w});
+      Cascade c_policy({.sinks = sinks, .cascades = c_count});
+      auto c = c_policy.start({.kv_heads = 1, .q_heads = 1, .budget = sinks + c_count * w});
       std::vector<float> rows(static_cast<std::size_t>(c.slots()));
       std::int64_t max_span = 0;
       for (std::int64_t pos = 0; pos < 1500; ++pos) {
@@ -68,7 +67,7 @@ TEST(Cascade, UniformAttentionSpacingAndSpan) {
         ASSERT_EQ(static_cast<index_t>(live.size()), sinks + c_count * w);
         max_span = std::max(max_span, pos - live[static_cast<std::size_t>(sinks)] + 1 + sinks);
         for (index_t k = 1; k < c_count; ++k) {
-          const auto ring = c.cascade(0, k);
+          const auto ring = c.state().cascade(0, k);
           for (std::size_t i = 1; i < ring.size(); ++i)
             ASSERT_EQ(c.position(0, ring[i]) - c.position(0, ring[i - 1]), std::int64_t{1} << k)
                 << "cascade " << k << " at " << pos;
@@ -79,9 +78,10 @@ TEST(Cascade, UniformAttentionSpacingAndSpan) {
 }
 
 TEST(Cascade, EagerFillHoldsEverythingLikeOneCascade) {
-  Cascade four({.sinks = 4, .cascades = 4}), one({.sinks = 4, .cascades = 1});
-  four.start({.kv_heads = 1, .q_heads = 1, .budget = 4 + 4 * 5});
-  one.start({.kv_heads = 1, .q_heads = 1, .budget = 4 + 20});
+  auto four = Cascade({.sinks = 4, .cascades = 4})
+                  .start({.kv_heads = 1, .q_heads = 1, .budget = 4 + 4 * 5});
+  auto one =
+      Cascade({.sinks = 4, .cascades = 1}).start({.kv_heads = 1, .q_heads = 1, .budget = 4 + 20});
   std::vector<float> rows(static_cast<std::size_t>(four.slots()));
   for (std::int64_t pos = 0; pos < 24; ++pos) {
     uniform_step(four, pos, rows);
@@ -102,8 +102,8 @@ TEST(Cascade, EagerFillHoldsEverythingLikeOneCascade) {
 // score for 1 keeps it and 2 leaves.
 TEST(Cascade, TiesGoToTheNewcomer) {
   for (bool tie : {true, false}) {
-    Cascade c({.sinks = 0, .cascades = 2});
-    c.start({.kv_heads = 1, .q_heads = 1, .budget = 2});
+    Cascade c_policy({.sinks = 0, .cascades = 2});
+    auto c = c_policy.start({.kv_heads = 1, .q_heads = 1, .budget = 2});
     std::vector<float> rows(static_cast<std::size_t>(c.slots()), 0.0f);
     for (std::int64_t pos = 0; pos < 4; ++pos) {
       c.append(pos);
@@ -121,13 +121,13 @@ TEST(Cascade, TiesGoToTheNewcomer) {
 }
 
 TEST(Cascade, RelativePositionsFollowAge) {
-  Cascade c({.sinks = 2, .cascades = 3});
-  c.start({.kv_heads = 1, .q_heads = 1, .budget = 2 + 3 * 3});
+  Cascade c_policy({.sinks = 2, .cascades = 3});
+  auto c = c_policy.start({.kv_heads = 1, .q_heads = 1, .budget = 2 + 3 * 3});
   std::vector<float> rows(static_cast<std::size_t>(c.slots()));
   std::vector<std::int64_t> rel(static_cast<std::size_t>(c.slots()));
   for (std::int64_t pos = 0; pos < 300; ++pos) {
     uniform_step(c, pos, rows);
-    c.relative_positions(0, rel);
+    c.state().relative_positions(0, rel);
     std::vector<std::pair<std::int64_t, std::int64_t>> by_age;  // (original, relative)
     for (index_t s = 0; s < c.slots(); ++s) {
       ASSERT_EQ(rel[static_cast<std::size_t>(s)] >= 0, c.position(0, s) >= 0);
@@ -154,8 +154,8 @@ std::vector<float> rotated(std::vector<float> raw, std::int64_t p) {
 // cache-relative positions with the per-head rope_shift: every kept key becomes the raw key
 // rotated at its relative position.
 TEST(Cascade, RelativePositionsWithRopeShift) {
-  Cascade c({.sinks = 1, .cascades = 2});
-  c.start({.kv_heads = 1, .q_heads = 1, .budget = 1 + 2 * 3});
+  auto c = Cascade({.sinks = 1, .cascades = 2})
+               .start({.kv_heads = 1, .q_heads = 1, .budget = 1 + 2 * 3});
   const index_t d = 8;
   std::vector<float> k(static_cast<std::size_t>(c.slots() * d)), v(k.size()),
       rows(static_cast<std::size_t>(c.slots()));
@@ -173,7 +173,7 @@ TEST(Cascade, RelativePositionsWithRopeShift) {
       if (c.position(0, s) == pos) std::copy_n(rotated(raw(pos), pos).data(), d, k.data() + s * d);
   }
   std::vector<std::int64_t> rel(static_cast<std::size_t>(c.slots())), delta(rel.size(), 0);
-  c.relative_positions(0, rel);
+  c.state().relative_positions(0, rel);
   for (index_t s = 0; s < c.slots(); ++s)
     if (rel[static_cast<std::size_t>(s)] >= 0)
       delta[static_cast<std::size_t>(s)] = rel[static_cast<std::size_t>(s)] - c.position(0, s);
@@ -211,10 +211,8 @@ struct Prompt {
 TEST(Cascade, PrefillWithStrideOneIsDecode) {
   Prompt p(120, 5);
   const CascadeParams params{.sinks = 3, .cascades = 3, .stride = 1};
-  Cascade prefilled(params), decoded(params);
   const StreamConfig config{.kv_heads = 2, .q_heads = 4, .budget = 3 + 3 * 6};
-  prefilled.start(config);
-  decoded.start(config);
+  auto prefilled = Cascade(params).start(config), decoded = Cascade(params).start(config);
   const index_t slots = prefilled.slots();
   std::vector<float> ka(static_cast<std::size_t>(2 * slots * 8)), va(ka.size()), kb(ka.size()),
       vb(ka.size());
@@ -245,15 +243,16 @@ TEST(Cascade, PrefillWithStrideOneIsDecode) {
         ASSERT_EQ(a.value(h, s)[static_cast<std::size_t>(e)],
                   p.v[static_cast<std::size_t>((h * p.n + pos) * 8 + e)]);
       }
-      EXPECT_NEAR(prefilled.score(h, s), decoded.score(h, s), 1e-5 * decoded.score(h, s));
+      EXPECT_NEAR(prefilled.state().score_of(h, s), decoded.state().score_of(h, s),
+                  1e-5 * decoded.state().score_of(h, s));
     }
   }
 }
 
 TEST(Cascade, ChunkedPrefillKeepsTheBudgetAndContinuesByDecode) {
   Prompt p(300, 6);
-  Cascade c({.sinks = 4, .cascades = 4, .stride = 64});
-  c.start({.kv_heads = 2, .q_heads = 4, .budget = 4 + 4 * 8});
+  Cascade c_policy({.sinks = 4, .cascades = 4, .stride = 64});
+  auto c = c_policy.start({.kv_heads = 2, .q_heads = 4, .budget = 4 + 4 * 8});
   std::vector<float> ks(static_cast<std::size_t>(2 * c.slots() * 8)), vs(ks.size());
   const KVCache<float> slots(Storage<float>::hnd(ks.data(), c.slots(), 8),
                              Storage<float>::hnd(vs.data(), c.slots(), 8), {2, c.slots(), 8});
@@ -285,7 +284,7 @@ TEST(Cascade, OneShotAndErrors) {
   EXPECT_EQ(sel.kept(0).back(), 99);
   Cascade().select(cache.kv(), QueryWindow<float>(q.data(), 4, 4, 8), Budget::tokens(100), sel, ws);
   EXPECT_EQ(sel.size(1), 100);
-  Cascade c;
+  const Cascade c;
   expect_error(
       [&] { c.start({.kv_heads = 1, .q_heads = 1, .budget = 7}); },
       "budget: expected at least sinks + cascades (8) tokens: one slot per cascade, got 7");

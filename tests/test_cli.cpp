@@ -1,8 +1,8 @@
 // The kvevict command end to end, on .npy files the test writes itself.
 // SPDX-License-Identifier: Apache-2.0
 #include <kvevict/eval/npy.hpp>
-#include <kvevict/eval/registry.hpp>
 #include <kvevict/eval/workload.hpp>
+#include <kvevict/registry.hpp>
 
 #include <cstdio>
 #include <filesystem>
@@ -150,11 +150,11 @@ TEST_F(Cli, SelectMatchesTheLibrary) {
     kept += "]";
   }
   EXPECT_NE(r.out.find(kept + "]"), std::string::npos) << r.out << "\nwant " << kept;
-  EXPECT_NE(
-      r.out.find("\"policy\": \"snapkv\", \"params\": {\"window\": 4, \"kernel\": 3, \"pool\": "
-                 "\"max\", \"reduce\": \"mean\", \"ada\": false, \"alpha_safeguard\": 0.2, "
-                 "\"shared\": false}, \"n\": 40, \"budget\": 12"),
-      std::string::npos)
+  EXPECT_NE(r.out.find(
+                "\"policy\": \"snapkv\", \"params\": {\"window\": 4, \"kernel\": 3, \"pool\": "
+                "\"max\", \"reduce\": \"mean\", \"granularity\": \"per_head\", \"ada\": false, "
+                "\"alpha_safeguard\": 0.2, \"safeguard\": \"kvpress\"}, \"n\": 40, \"budget\": 12"),
+            std::string::npos)
       << r.out;
 }
 
@@ -170,7 +170,8 @@ TEST_F(Cli, SelectsOnFloat16SharedAndWritesOut) {
   std::stringstream s;
   s << in.rdbuf();
   EXPECT_NE(
-      s.str().find("\"params\": {\"sinks\": 2, \"recent\": 0, \"seed\": 3, \"shared\": true}"),
+      s.str().find(
+          "\"params\": {\"sinks\": 2, \"recent\": 0, \"seed\": 3, \"granularity\": \"shared\"}"),
       std::string::npos)
       << s.str();
   EXPECT_NE(s.str().find("\"budget\": 10, \"shared\": true, \"kept\": [[0, 1, "), std::string::npos)
@@ -187,8 +188,8 @@ TEST_F(Cli, NaclPresetAndSeed) {
   const Result r = run(args);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("\"params\": {\"sinks\": 4, \"recent\": 32, \"random_share\": 0.666667, "
-                       "\"causal\": false, \"reduce\": \"sum\", \"preset\": \"paper20\", "
-                       "\"seed\": 9, \"shared\": false}"),
+                       "\"causal\": false, \"reduce\": \"sum\", \"granularity\": \"per_head\", "
+                       "\"seed\": 9, \"preset\": \"paper20\"}"),
             std::string::npos)
       << r.out;
   EXPECT_EQ(run(args).out, r.out);  // reproducible
@@ -240,7 +241,7 @@ TEST_F(Cli, EvalWritesTableCsvAndPlot) {
           csv + " --plot " + svg + " --per-head " + heads);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(r.err.empty()) << r.err;  // no progress bar when stderr is not a terminal
-  EXPECT_NE(r.out.find("needle_inside  snapkv         40%"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("needle_inside  snapkv             40%"), std::string::npos) << r.out;
   std::ifstream in(csv);
   std::string line;
   int lines = 0;
@@ -251,8 +252,8 @@ TEST_F(Cli, EvalWritesTableCsvAndPlot) {
   text << plot.rdbuf();
   EXPECT_NE(text.str().find("data-series=\"corm (kept "), std::string::npos);  // budget-free
   EXPECT_EQ(run("eval --workload default --set snapkv.windw=4 --policies snapkv").err,
-            "kvevict: --set: expected a parameter of snapkv (window, kernel, pool, reduce, ada, "
-            "alpha_safeguard), got 'windw'\n");
+            "kvevict: --set: expected a parameter of snapkv (window, kernel, pool, reduce, "
+            "granularity, ada, alpha_safeguard, safeguard), got 'windw'\n");
   EXPECT_EQ(run("eval --workload default --set h2o.recent=4 --policies snapkv").err,
             "kvevict: --set: expected settings for a policy in --policies, got 'h2o'\n");
   EXPECT_EQ(run("eval --workload default --mode streaming").err,
@@ -264,15 +265,14 @@ TEST_F(Cli, DemoWritesItsFiles) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(fs::exists(dir_ / "kvevict-demo.csv"));
   EXPECT_TRUE(fs::exists(dir_ / "kvevict-demo.svg"));
-  for (auto name : eval::policy_names())
-    EXPECT_NE(r.out.find(std::string(name)), std::string::npos);
+  for (auto name : policy_names()) EXPECT_NE(r.out.find(std::string(name)), std::string::npos);
   EXPECT_NE(r.out.find("wrote "), std::string::npos);
 }
 
 TEST_F(Cli, ListShowsEveryPolicyAndItsDefaults) {
   const Result r = run("list");
   ASSERT_EQ(r.code, 0);
-  for (auto name : eval::policy_names())
+  for (auto name : policy_names())
     EXPECT_NE(r.out.find(std::string(name)), std::string::npos) << name;
   EXPECT_NE(r.out.find("kernel             7"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("pool               max "), std::string::npos) << r.out;
@@ -302,7 +302,7 @@ TEST_F(Cli, ReplayReportsKeptTokensAndErrors) {
 /// "streaming_llm, random, …": every policy name, as the command lists them in errors.
 std::string known_policies() {
   std::string out;
-  for (auto name : eval::policy_names()) out += (out.empty() ? "" : ", ") + std::string(name);
+  for (auto name : policy_names()) out += (out.empty() ? "" : ", ") + std::string(name);
   return out;
 }
 
@@ -336,18 +336,17 @@ TEST_F(Cli, BadInputExitsWithOneLineAndWritesNothing) {
       {"select --policy snapkv --budget 3 --set window=4 " + inputs(),
        "kvevict: budget: expected at least window (4) tokens, got 3\n"},
       {"select --policy snapkv --budget 10 --set windw=4 " + inputs(),
-       "kvevict: --set: expected a parameter of snapkv (window, kernel, pool, reduce, ada, "
-       "alpha_safeguard), got "
-       "'windw'\n"},
+       "kvevict: --set: expected a parameter of snapkv (window, kernel, pool, reduce, "
+       "granularity, ada, alpha_safeguard, safeguard), got 'windw'\n"},
       {"select --policy snapkv --budget 10 --set pool=min " + inputs(),
        "kvevict: pool: expected one of max, avg, got 'min'\n"},
       {"select --policy snapkv --budget 10 --set window=x " + inputs(),
        "kvevict: window: expected an integer, got 'x'\n"},
       {"select --policy h3o --budget 10 " + inputs(),
-       "kvevict: --policy: expected one of " + known_policies() + ", got 'h3o'\n"},
+       "kvevict: policy: expected one of " + known_policies() + ", got 'h3o'\n"},
       {"select --policy snapkv --budget 10 --bogus 1 " + inputs(),
        "kvevict: arguments: expected one of --policy --keys --values --queries --wo --budget "
-       "--ratio --set --seed --shared --out, got '--bogus'\n"},
+       "--ratio --set --seed --shared --granularity --out, got '--bogus'\n"},
       {"select --policy snapkv --budget 10 --keys " + path("k.npy"),
        "kvevict: --values: expected to be given, got nothing\n"},
       {"frobnicate",
@@ -423,8 +422,8 @@ TEST_F(Cli, BadInputExitsWithOneLineAndWritesNothing) {
       {"eval --workload default --mode sideways",
        "kvevict: --mode: expected one-shot or replay, got 'sideways'\n"},
       {"eval --workload default --set snapkv.windw=3 --policies snapkv",
-       "kvevict: --set: expected a parameter of snapkv (window, kernel, pool, reduce, ada, "
-       "alpha_safeguard), got 'windw'\n"},
+       "kvevict: --set: expected a parameter of snapkv (window, kernel, pool, reduce, "
+       "granularity, ada, alpha_safeguard, safeguard), got 'windw'\n"},
       {"replay --policy corm --budget 10 " + inputs("k.npy", "v.npy", "q_all.npy"),
        "kvevict: budget: expected none: corm is budget-free, got 10\n"},
       {"replay --policy h2o --budget 10 " + inputs(),

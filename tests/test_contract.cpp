@@ -11,7 +11,8 @@ namespace {
 static_assert(EvictionPolicy<StreamingLLM, float>);
 static_assert(EvictionPolicy<StreamingLLM, Eigen::half>);
 static_assert(EvictionPolicy<StreamingLLM, Eigen::bfloat16>);
-static_assert(StreamingPolicy<StreamingLLM, float>);
+static_assert(StreamingPolicy<StreamingLLM>);
+static_assert(SequenceStream<Stream<StreamingLLM>>);
 static_assert(!EvictionPolicy<StreamingLLM, double>);  // not a storage element type
 
 struct NoName {
@@ -31,17 +32,25 @@ static_assert(named_policy<NoSelect> && !selects_from_window<NoSelect, float>);
 static_assert(!EvictionPolicy<NoSelect, float>);
 static_assert(!EvictionPolicy<MutatingSelect, float>);
 
-struct NoObserve {
-  static constexpr std::string_view name = "no_observe";
-  void start(const StreamConfig&) {}
+struct NoObserve {  // a sequence state without `observe`
   std::span<const token_t> append(std::int64_t) { return {}; }
   index_t slots() const { return 0; }
   index_t size(index_t) const { return 0; }
   std::int64_t position(index_t, index_t) const { return -1; }
 };
-static_assert(starts_sequences<NoObserve> && appends_tokens<NoObserve> &&
-              reports_slots<NoObserve> && !observes_attention<NoObserve>);
-static_assert(!StreamingPolicy<NoObserve, float>);
+static_assert(appends_tokens<NoObserve> && reports_slots<NoObserve> &&
+              !observes_attention<NoObserve> && !SequenceStream<NoObserve>);
+struct StartsNoObserve {  // a policy whose `start` returns it
+  static constexpr std::string_view name = "starts_no_observe";
+  NoObserve start(const StreamConfig&) const { return {}; }
+};
+static_assert(named_policy<StartsNoObserve> && !starts_sequences<StartsNoObserve>);
+static_assert(!StreamingPolicy<StartsNoObserve>);
+struct MutatingStart {  // start must be callable on a const policy: the sequence's state is
+  static constexpr std::string_view name = "mutating_start";  // what it returns
+  Stream<StreamingLLM> start(const StreamConfig& c) { return StreamingLLM().start(c); }
+};
+static_assert(!StreamingPolicy<MutatingStart>);
 
 // ---- Budget -------------------------------------------------------------------------------------
 
@@ -115,8 +124,8 @@ TEST(StreamingLLM, OneShotKeepsSinksAndTheLastTokens) {
 }
 
 TEST(StreamingLLM, StreamingEvictsTheOldestNonSink) {
-  StreamingLLM policy({.sinks = 2});
-  policy.start({.kv_heads = 2, .q_heads = 4, .budget = 5});
+  StreamingLLM policy_policy({.sinks = 2});
+  auto policy = policy_policy.start({.kv_heads = 2, .q_heads = 4, .budget = 5});
   ASSERT_EQ(policy.slots(), 6);
   std::vector<float> rows(4 * 6, 0.0f);
   for (std::int64_t pos = 0; pos < 20; ++pos) {
@@ -139,14 +148,14 @@ TEST(StreamingLLM, StreamingEvictsTheOldestNonSink) {
 }
 
 TEST(StreamingLLM, StreamingContractErrors) {
-  StreamingLLM policy({.sinks = 4});
-  expect_error([&] { policy.start({.kv_heads = 2, .q_heads = 4, .budget = 3}); },
+  const StreamingLLM sllm({.sinks = 4});
+  expect_error([&] { sllm.start({.kv_heads = 2, .q_heads = 4, .budget = 3}); },
                "budget: expected at least sinks (4) tokens, got 3");
-  expect_error([&] { policy.start({.kv_heads = 2, .q_heads = 3, .budget = 8}); },
+  expect_error([&] { sllm.start({.kv_heads = 2, .q_heads = 3, .budget = 8}); },
                "q_heads: expected a positive multiple of kv_heads (2), got 3");
-  expect_error([&] { policy.start({.kv_heads = 2, .q_heads = 4, .budget = 8, .capacity = 8}); },
+  expect_error([&] { sllm.start({.kv_heads = 2, .q_heads = 4, .budget = 8, .capacity = 8}); },
                "capacity: expected at least budget + 1 (9) slots, got 8");
-  policy.start({.kv_heads = 1, .q_heads = 1, .budget = 4});
+  auto policy = sllm.start({.kv_heads = 1, .q_heads = 1, .budget = 4});
   policy.append(0);
   expect_error([&] { policy.append(0); },
                "position: expected a position after the previous one (0), got 0");
@@ -186,7 +195,7 @@ struct RecordRows {
   void start(const StreamConfig& c) {
     table.start(c.kv_heads, c.capacity);
     none.start(c.kv_heads, false, 1);
-    slot_per_head.resize(static_cast<std::size_t>(c.kv_heads));
+    slot_per_head.assign(static_cast<std::size_t>(c.kv_heads), 0);
   }
   std::span<const token_t> append(std::int64_t pos) {
     table.take_all(pos, slot_per_head);
@@ -201,7 +210,7 @@ struct RecordRows {
   index_t size(index_t h) const { return table.size(h); }
   std::int64_t position(index_t h, index_t s) const { return table.position(h, s); }
 };
-static_assert(StreamingPolicy<RecordRows, float>);
+static_assert(SequenceStream<RecordRows>);
 
 TEST(ObserveQuery, SoftmaxOverLiveSlotsPerGroup) {
   // 1 KV head, 2 query heads, head_dim 2, 3 slots of which 2 are live.
@@ -209,7 +218,7 @@ TEST(ObserveQuery, SoftmaxOverLiveSlotsPerGroup) {
   const KVCache<float> kv(Storage<float>::hnd(k.data(), 3, 2), Storage<float>::hnd(v.data(), 3, 2),
                           {1, 3, 2});
   RecordRows policy;
-  policy.start({.kv_heads = 1, .q_heads = 2, .capacity = 3});
+  policy.start({.kv_heads = 1, .q_heads = 2, .capacity = 3});  // a hand-made stream
   policy.append(0);
   policy.append(1);  // slots 0 and 1 live; slot 2 (key [5, 5]) is free and must be ignored
   const float s = std::sqrt(2.0f);
@@ -230,7 +239,7 @@ TEST(ObserveQuery, SoftmaxOverLiveSlotsPerGroup) {
                "inf for query head 0");
   expect_error(
       [&] { observe_query(policy, kv.with_tokens(2), QueryWindow<float>(q.data(), 2, 1, 2), ws); },
-      "kv.tokens: expected the policy's slots (3), got 2");
+      "kv.tokens: expected the stream's slots (3), got 2");
 }
 
 // StreamingLLM driven through the query path over a paged cache: the engine writes each token
@@ -242,8 +251,8 @@ TEST(ObserveQuery, DrivesStreamingLLMOverAPagedCache) {
   const KVCache<float> kv(Storage<float>::paged_nhd(kpool.data(), page, heads, d),
                           Storage<float>::paged_nhd(vpool.data(), page, heads, d),
                           {heads, slots, d}, {pages, page, 8});
-  StreamingLLM policy({.sinks = 2});
-  policy.start({.kv_heads = heads, .q_heads = 4, .budget = budget});
+  auto policy =
+      StreamingLLM({.sinks = 2}).start({.kv_heads = heads, .q_heads = 4, .budget = budget});
   Workspace ws;
   std::vector<float> q(4 * d, 0.1f);
   std::mt19937_64 rng(3);

@@ -11,14 +11,14 @@
 namespace kvevict::test {
 namespace {
 
-static_assert(StreamingPolicy<CORM, float> && EvictionPolicy<CORM, Eigen::half>);
+static_assert(StreamingPolicy<CORM> && EvictionPolicy<CORM, Eigen::half>);
 
 /// Drives CORM with attention given per live position (1-based labels, as in the paper); returns
 /// the 1-based labels of the live keys after the step.
 class Driver {
  public:
-  Driver(const CORMParams& p, index_t capacity) : corm_(p) {
-    corm_.start({.kv_heads = 1, .q_heads = 1, .capacity = capacity});
+  Driver(const CORMParams& p, index_t capacity)
+      : corm_(CORM(p).start({.kv_heads = 1, .q_heads = 1, .capacity = capacity})) {
     rows_.resize(static_cast<std::size_t>(capacity));
   }
   std::vector<std::int64_t> step(const std::map<std::int64_t, float>& attention_by_label) {
@@ -40,10 +40,10 @@ class Driver {
     std::sort(out.begin(), out.end());
     return out;
   }
-  CORM& policy() { return corm_; }
+  Stream<CORM>& stream() { return corm_; }
 
  private:
-  CORM corm_;
+  Stream<CORM> corm_;
   std::vector<float> rows_;
   std::int64_t t_ = 0;
 };
@@ -62,7 +62,7 @@ TEST(CORM, HandCaseBothThresholds) {
               (std::vector<std::int64_t>{1, 2, 3, 4}));
     const std::vector<std::int64_t> last{4, 3, 4, 4};
     for (index_t s = 0; s < 4; ++s)
-      EXPECT_EQ(d.policy().last_important(0, s), last[static_cast<std::size_t>(s)]);
+      EXPECT_EQ(d.stream().state().last_important(0, s), last[static_cast<std::size_t>(s)]);
     EXPECT_EQ(d.step({{1, .5f}, {2, .05f}, {3, .10f}, {4, .15f}, {5, .20f}}),
               (std::vector<std::int64_t>{1, 3, 4, 5}));
     const auto after6 = d.step({{1, .42f}, {3, .05f}, {4, .18f}, {5, .15f}, {6, .20f}});
@@ -87,9 +87,9 @@ TEST(CORM, UniformAttentionIsImportantNothingLeaves) {
 TEST(CORM, InvariantsOnRandomStreams) {
   for (auto [w, r] : {std::pair<index_t, index_t>{3, 2}, {8, 0}, {1, 5}, {16, 16}}) {
     SCOPED_TRACE(::testing::Message() << "w=" << w << " r=" << r);
-    CORM corm({.w = w, .r = r});
     const index_t kv_heads = 2, q_heads = 4, slots = 640;  // never full: no cap
-    corm.start({.kv_heads = kv_heads, .q_heads = q_heads, .capacity = slots});
+    auto corm =
+        CORM({.w = w, .r = r}).start({.kv_heads = kv_heads, .q_heads = q_heads, .capacity = slots});
     std::vector<float> rows(static_cast<std::size_t>(q_heads * slots));
     std::mt19937_64 rng(w * 31 + r);
     std::exponential_distribution<float> skewed(1.0f);
@@ -145,7 +145,7 @@ TEST(CORM, MaxTokensCapsTheCacheOldestImportanceFirst) {
   EXPECT_EQ(d.step({{1, .1f}, {2, .1f}, {4, .1f}, {5, .7f}}), (std::vector<std::int64_t>{2, 4, 5}));
   expect_error([] { CORM({.r = 8, .max_tokens = 4}); },
                "max_tokens: expected 0 (no cap) or at least max(r, 1) (8), got 4");
-  CORM small;
+  const CORM small;
   expect_error([&] { small.start({.kv_heads = 1, .q_heads = 1, .capacity = 100}); },
                "capacity: expected room for r (256) tokens and the next one, got 100");
   expect_error([&] { small.start({.kv_heads = 1, .q_heads = 1, .budget = 5, .capacity = 300}); },
@@ -186,7 +186,7 @@ TEST(CORM, ReplayIsBudgetFree) {
   for (auto* vec : {&k, &v, &q})
     for (float& x : *vec) x = 2.0f * normal(rng);
   const eval::DecodeTrace trace{k.data(), v.data(), q.data(), 2, 4, n, d, d};
-  const auto policy = eval::make_policy("corm", {{"w", "8"}, {"r", "8"}});
+  const auto policy = make_policy("corm", {.settings = {{"w", "8"}, {"r", "8"}}});
   const auto r = eval::replay(policy, trace, std::nullopt);
   EXPECT_LT(r.mean_live, static_cast<double>(n) / 2);  // it frees memory on peaked attention
   EXPECT_GE(r.kept[0].size(), 8u);

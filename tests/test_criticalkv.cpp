@@ -24,16 +24,18 @@ TEST(CriticalKV, HandCase) {
   std::vector<float> wo_data(8, 1.0f);
   const CriticalKV policy({}, OutputProjection::dense(wo_data.data(), 1, 2, 4));
   const std::vector<float> a{.40f, .25f, .15f, .10f, .06f, .04f}, norm{0.5f, 1, 4, 0.2f, 6, 1};
-  std::vector<float> key(6);
+  // One row of n = m + w = 6 tokens (w = 0: no window to pre-mark), budget 4.
+  const Row row{
+      .score = a, .second = norm, .n = 6, .budget = 4, .protect = {.recent = 0}, .marked = 0};
   std::vector<std::uint8_t> keep(6, 0);
   Workspace ws;
-  policy.choose(a, norm, /*window=*/0, /*budget=*/4, key, keep, ws);
+  policy.rule(6).pick(row, keep, ws);
   EXPECT_EQ(keep, (std::vector<std::uint8_t>{1, 1, 1, 0, 1, 0}));
   // Plain top-4 (first_stage_ratio 1) would keep {0, 1, 2, 3}.
   const CriticalKV attention_only({.first_stage_ratio = 1.0},
                                   OutputProjection::dense(wo_data.data(), 1, 2, 4));
   std::fill(keep.begin(), keep.end(), 0);
-  attention_only.choose(a, norm, 0, 4, key, keep, ws);
+  attention_only.rule(6).pick(row, keep, ws);
   EXPECT_EQ(keep, (std::vector<std::uint8_t>{1, 1, 1, 1, 0, 0}));
 }
 
@@ -228,10 +230,11 @@ TEST(AdaKV, HeadBudgetsHandCaseAndRaggedSelections) {
   Selection sel;
   for (bool critical : {false, true}) {
     if (critical)
-      CriticalKV({.window = s.w, .kernel = 3, .ada = true}, s.projection())
+      CriticalKV({.window = s.w, .kernel = 3, .ada = true, .safeguard = AdaSafeguard::adakv},
+                 s.projection())
           .select(*s.kv, s.window(), Budget::tokens(20), sel, ws);
     else
-      SnapKV({.window = s.w, .kernel = 3, .ada = true})
+      SnapKV({.window = s.w, .kernel = 3, .ada = true, .safeguard = AdaSafeguard::adakv})
           .select(*s.kv, s.window(), Budget::tokens(20), sel, ws);
     EXPECT_EQ(sel.size(0) + sel.size(1), 40);                       // the mean budget is kept
     for (index_t h = 0; h < 2; ++h) EXPECT_GE(sel.size(h), 4 + 3);  // w + ⌊0.2 · 16⌋

@@ -168,12 +168,13 @@ TEST(Compare, EveryPolicyEndToEnd) {
   const eval::Layer layer = eval::layer_from(eval::generate(spec));
   const auto wo = layer.projection();
   Workspace ws;
-  for (auto name : eval::policy_names()) {
-    eval::Settings set;
-    if (name == "snapkv" || name == "criticalkv") set.emplace_back("window", "16");
-    if (name == "corm") set = {{"w", "16"}, {"r", "16"}};
-    const auto policy = eval::make_policy(name, set, 0, false, &*wo);
-    const bool free = eval::budget_free(policy);
+  for (auto name : policy_names()) {
+    // An observation window of 16 (the workload's), and CORM-style w and r of 16.
+    Settings set;
+    for (const auto& [key, value] : describe(make_policy(name, {.wo = &*wo})))
+      if (key == "window" || key == "w" || key == "r") set.emplace_back(key, "16");
+    const auto policy = make_policy(name, {.settings = set, .wo = &*wo});
+    const bool free = budget_free(policy);
     const auto one = eval::run(layer, policy, free ? Budget::none() : Budget::ratio(0.25),
                                eval::Mode::one_shot, ws);
     EXPECT_EQ(one.policy, name);
@@ -184,8 +185,7 @@ TEST(Compare, EveryPolicyEndToEnd) {
       EXPECT_EQ(all.metrics.error, 0.0) << name;
       EXPECT_NEAR(all.metrics.kept_mass, 1.0, 1e-6) << name;
     }
-    if (std::visit([](const auto& p) { return StreamingPolicy<std::decay_t<decltype(p)>, float>; },
-                   policy)) {
+    if (info_of(policy).streaming) {
       const auto r = eval::run(layer, policy, free ? Budget::none() : Budget::tokens(64),
                                eval::Mode::replay, ws);
       EXPECT_GT(r.replay_mean, 0.0) << name;

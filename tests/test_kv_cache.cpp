@@ -122,14 +122,16 @@ TEST(KVCacheErrors, OverlappingStrides) {
   // Token stride shorter than head_dim.
   expect_error(
       [&] {
-        KVCache<float>(S::strided(k.data(), 64, 3), S::hnd(v.data(), 8, 4), {2, 8, 4});
+        KVCache<float>(S::strided(k.data(), {.head = 64, .token = 3}), S::hnd(v.data(), 8, 4),
+                       {2, 8, 4});
       },
       "keys: expected head_stride and token_stride under which no two (head, token) spans of 4 "
       "elements overlap, got head_stride=64, token_stride=3");
   // Negative strides are not supported.
   expect_error(
       [&] {
-        KVCache<float>(S::strided(k.data(), -32, 4), S::hnd(v.data(), 8, 4), {2, 8, 4});
+        KVCache<float>(S::strided(k.data(), {.head = -32, .token = 4}), S::hnd(v.data(), 8, 4),
+                       {2, 8, 4});
       },
       "keys: expected head_stride and token_stride under which no two (head, token) spans of 4 "
       "elements overlap, got head_stride=-32, token_stride=4");
@@ -145,11 +147,11 @@ TEST(KVCacheErrors, OverlappingStrides) {
       },
       "values.data: expected memory disjoint from the keys, got an overlap with the keys");
   // A legal interleaving: K and V of one token side by side, [t][{k,v}][h][d].
-  EXPECT_NO_THROW(
-      KVCache<float>(S::strided(k.data(), 4, 16), S::strided(k.data() + 8, 4, 16), {2, 8, 4}));
+  EXPECT_NO_THROW(KVCache<float>(S::strided(k.data(), {.head = 4, .token = 16}),
+                                 S::strided(k.data() + 8, {.head = 4, .token = 16}), {2, 8, 4}));
   // A single head or single token ignores the stride of that dimension.
-  EXPECT_NO_THROW(
-      KVCache<float>(S::strided(k.data(), 0, 4), S::strided(v.data(), 0, 4), {1, 8, 4}));
+  EXPECT_NO_THROW(KVCache<float>(S::strided(k.data(), {.head = 0, .token = 4}),
+                                 S::strided(v.data(), {.head = 0, .token = 4}), {1, 8, 4}));
 }
 
 TEST(KVCacheErrors, PageTable) {
@@ -197,7 +199,8 @@ TEST(KVCacheErrors, PageTable) {
   // Page stride too small for a page of 2 heads × 4 tokens × 4.
   expect_error(
       [&] {
-        KVCache<float>(S::paged(k.data(), 16, 16, 4), vs, {2, 10, 4}, {ok, 4, 4});
+        KVCache<float>(S::paged(k.data(), {.head = 16, .token = 4, .page = 16}), vs, {2, 10, 4},
+                       {ok, 4, 4});
       },
       "keys: expected head_stride, token_stride and page_stride under which no two (page, head, "
       "token) spans of 4 elements overlap, got head_stride=16, token_stride=4, page_stride=16");

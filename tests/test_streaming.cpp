@@ -9,17 +9,17 @@
 namespace kvevict::test {
 namespace {
 
-static_assert(StreamingPolicy<StreamingLLM, float> && StreamingPolicy<TOVA, float> &&
-              StreamingPolicy<H2O, Eigen::half> && StreamingPolicy<RandomEviction, float>);
+static_assert(StreamingPolicy<StreamingLLM> && StreamingPolicy<TOVA> && StreamingPolicy<H2O> &&
+              StreamingPolicy<RandomEviction>);
 static_assert(EvictionPolicy<H2O, Eigen::bfloat16>);
-static_assert(!StreamingPolicy<SnapKV, float>);
+static_assert(!StreamingPolicy<SnapKV>);
 
 std::vector<token_t> kept(const Selection& s, index_t h = 0) {
   return {s.kept(h).begin(), s.kept(h).end()};
 }
 
 /// Feeds H2O one step of attention given per slot; returns the evicted position (−1: none).
-std::int64_t step(H2O& h2o, std::int64_t pos, const std::vector<float>& by_slot) {
+std::int64_t step(Stream<H2O>& h2o, std::int64_t pos, const std::vector<float>& by_slot) {
   h2o.append(pos);
   std::vector<float> rows(static_cast<std::size_t>(h2o.slots()), 0.0f);
   std::copy(by_slot.begin(), by_slot.end(), rows.begin());
@@ -41,8 +41,8 @@ std::int64_t step(H2O& h2o, std::int64_t pos, const std::vector<float>& by_slot)
 //   t4 (into slot 1): {0: 2.5, 2: 1, 3: .5, 4: .25} → 4 recent; position 3 (.5) leaves
 //   t5 (into slot 3): {0: 3, 2: 1.125, 4: .375, 5: .25} → 5 recent; position 4 (.375) leaves
 TEST(H2O, HandComputedSixTokens) {
-  H2O h2o({.recent = 1});
-  h2o.start({.kv_heads = 1, .q_heads = 1, .budget = 3});
+  H2O h2o_policy({.recent = 1});
+  auto h2o = h2o_policy.start({.kv_heads = 1, .q_heads = 1, .budget = 3});
   ASSERT_EQ(h2o.slots(), 4);
   EXPECT_EQ(step(h2o, 0, {1}), -1);
   EXPECT_EQ(step(h2o, 1, {.5f, .5f}), -1);
@@ -50,21 +50,21 @@ TEST(H2O, HandComputedSixTokens) {
   EXPECT_EQ(step(h2o, 3, {.25f, 0, .5f, .25f}), 1);
   EXPECT_EQ(step(h2o, 4, {.25f, .25f, .25f, .25f}), 3);   // slots: 0→0, 1→4, 2→2, 3→3
   EXPECT_EQ(step(h2o, 5, {.5f, .125f, .125f, .25f}), 4);  // slots: 0→0, 1→4, 2→2, 3→5
-  EXPECT_FLOAT_EQ(h2o.score(0, 0), 3.0f);
-  EXPECT_FLOAT_EQ(h2o.score(0, 2), 1.125f);
-  EXPECT_FLOAT_EQ(h2o.score(0, 3), 0.25f);
+  EXPECT_FLOAT_EQ(h2o.state().score(0, 0), 3.0f);
+  EXPECT_FLOAT_EQ(h2o.state().score(0, 2), 1.125f);
+  EXPECT_FLOAT_EQ(h2o.state().score(0, 3), 0.25f);
   EXPECT_EQ(h2o.size(0), 3);
 }
 
 TEST(H2O, StreamingDefaultsAndErrors) {
-  H2O h2o;  // recent = B / 2
+  const H2O h2o;  // recent = B / 2
   h2o.start({.kv_heads = 2, .q_heads = 4, .budget = 5});
   EXPECT_EQ(h2o.recent_for(5), 2);
-  H2O too_recent({.recent = 6});
+  const H2O too_recent({.recent = 6});
   expect_error([&] { too_recent.start({.kv_heads = 1, .q_heads = 1, .budget = 5}); },
                "budget: expected at least recent (6) tokens, got 5");
   expect_error([] { H2O({.recent = -2}); },
-               "recent: expected recent >= 0 (or -1 for half the budget), got -2");
+               "recent: expected recent >= 0 (or none: half the budget), got -2");
 }
 
 /// A one-dimensional cache whose keys are ln(a_j) (queries of 1 attend proportionally to a).
@@ -112,7 +112,9 @@ TEST(H2O, OneShotMaxReducesPerQuery) {
   const QueryWindow<float> window(q.data(), 4, 5, 8);
   Workspace ws;
   Workspace::Frame frame(ws);
-  const auto acc = H2O({.reduce = GroupReduce::max}).accumulate(c.kv(), window, ws);
+  const auto acc = ranked_rows(
+      H2O({.reduce = GroupReduce::max}).score(c.kv(), window, Granularity::per_head, ws),
+      Granularity::per_head, ws);
   // Naive: per query i, per KV head, max over its 2 query heads of softmax probabilities.
   for (index_t kvh = 0; kvh < 2; ++kvh)
     for (index_t j = 0; j < 30; ++j) {
@@ -152,8 +154,7 @@ TEST(H2O, StreamingAndOneShotAgreeWithoutEvictions) {
   for (float& x : q) x = normal(rng);
   const QueryWindow<float> all(q.data(), 4, n, d);
 
-  H2O streaming;
-  streaming.start({.kv_heads = 2, .q_heads = 4, .budget = n});
+  auto streaming = H2O().start({.kv_heads = 2, .q_heads = 4, .budget = n});
   ASSERT_EQ(streaming.slots(), n + 1);
   std::vector<float> ks(static_cast<std::size_t>(2 * (n + 1) * d)), vs(ks.size());
   const KVCache<float> store(Storage<float>::hnd(ks.data(), n + 1, d),
@@ -172,10 +173,11 @@ TEST(H2O, StreamingAndOneShotAgreeWithoutEvictions) {
     EXPECT_TRUE(driver.observe(all.sub(pos, 1), ws).empty());
   }
   Workspace::Frame frame(ws);
-  const auto acc = H2O().accumulate(c.kv(), all, ws);
+  const auto acc =
+      ranked_rows(H2O().score(c.kv(), all, Granularity::per_head, ws), Granularity::per_head, ws);
   for (index_t h = 0; h < 2; ++h)
     for (index_t j = 0; j < n; ++j)
-      EXPECT_NEAR(streaming.score(h, j), acc[static_cast<std::size_t>(h * n + j)], 2e-6);
+      EXPECT_NEAR(streaming.state().score(h, j), acc[static_cast<std::size_t>(h * n + j)], 2e-6);
 
   Selection sel;
   H2O().select(c.kv(), all, Budget::tokens(n), sel, ws);
@@ -201,7 +203,7 @@ struct Trace {
 
 TEST(Replay, StreamingLLMKeepsSinksAndTheLastTokens) {
   Trace t(2, 4, 60, 8, 1);
-  const auto r = eval::replay(eval::make_policy("streaming_llm", {}), t.view, 10);
+  const auto r = eval::replay(make_policy("streaming_llm"), t.view, 10);
   std::vector<std::int64_t> want{0, 1, 2, 3};
   for (std::int64_t p = 54; p < 60; ++p) want.push_back(p);
   for (const auto& head : r.kept) EXPECT_EQ(head, want);
@@ -215,11 +217,12 @@ TEST(Replay, ErrorIsZeroWhenTheBudgetHoldsEverything) {
   Trace t(2, 4, 40, 8, 2);
   std::vector<float> wo_data(4 * 8 * 16, 0.25f);
   const auto wo = OutputProjection::dense(wo_data.data(), 4, 8, 16);
-  for (auto name : eval::policy_names()) {
-    std::vector<std::pair<std::string, std::string>> set;
-    if (name == "snapkv" || name == "criticalkv") set.emplace_back("window", "4");
-    const auto policy = eval::make_policy(name, set, 0, false, &wo);
-    if (eval::budget_free(policy)) continue;  // no budget to hold everything
+  for (auto name : policy_names()) {
+    Settings set;  // an observation window of 4, where a policy has one
+    for (const auto& [key, value] : describe(make_policy(name, {.wo = &wo})))
+      if (key == "window") set.emplace_back(key, "4");
+    const auto policy = make_policy(name, {.settings = set, .wo = &wo});
+    if (budget_free(policy)) continue;  // no budget to hold everything
     const auto r = eval::replay(policy, t.view, 40, {.window = 4});
     EXPECT_EQ(r.max_error, 0.0) << name;
     EXPECT_EQ(r.kept[0].size(), 40u) << name;
@@ -230,16 +233,40 @@ TEST(Replay, ErrorIsZeroWhenTheBudgetHoldsEverything) {
 
 TEST(Replay, OneShotPoliciesReselectWhenOverBudget) {
   Trace t(2, 4, 50, 8, 3);
-  const auto r =
-      eval::replay(eval::make_policy("snapkv", {{"window", "4"}}), t.view, 12, {.window = 4});
+  const auto r = eval::replay(parse_policy("snapkv:window=4"), t.view, 12, {.window = 4});
   for (const auto& head : r.kept) {
     ASSERT_EQ(head.size(), 12u);
     for (std::int64_t p = 46; p < 50; ++p)  // the observation window is always kept
       EXPECT_TRUE(std::binary_search(head.begin(), head.end(), p));
   }
   EXPECT_EQ(r.max_live, 12);
-  expect_error([&] { eval::replay(eval::make_policy("snapkv", {}), t.view, std::nullopt); },
+  expect_error([&] { eval::replay(make_policy("snapkv"), t.view, std::nullopt); },
                "budget: expected a token budget for snapkv, got none");
+}
+
+// Periodic decode-time compression (kvpress DecodingPress semantics): budget 12, every 5 — the
+// cache grows to 16, compresses at 17 (positions 16, 21, …, 46) back to 12, so it ends at 15
+// with positions 43…49 kept (the window of 4 at the last compression, then three appends).
+TEST(Replay, EveryNCompressesWhenTheCacheReachesBudgetPlusN) {
+  Trace t(2, 4, 50, 8, 3);
+  const auto policy = parse_policy("snapkv:window=4");
+  const auto r = eval::replay(policy, t.view, 12, {.window = 4, .every = 5});
+  EXPECT_EQ(r.max_live, 16);
+  EXPECT_DOUBLE_EQ(r.mean_live, 610.0 / 50.0);  // 1…16, six cycles of 12…16, then 12…15
+  for (const auto& head : r.kept) {
+    ASSERT_EQ(head.size(), 15u);
+    for (std::int64_t p = 43; p < 50; ++p)
+      EXPECT_TRUE(std::binary_search(head.begin(), head.end(), p));
+  }
+  for (std::size_t s = 0; s < 17; ++s) EXPECT_EQ(r.step_error[s], 0.0) << s;  // nothing evicted yet
+  const auto each = eval::replay(policy, t.view, 12, {.window = 4, .every = 1});
+  const auto dflt = eval::replay(policy, t.view, 12, {.window = 4});
+  EXPECT_EQ(each.kept, dflt.kept);
+  EXPECT_EQ(each.step_error, dflt.step_error);
+  expect_error([&] { eval::replay(policy, t.view, 12, {.every = 0}); },
+               "every: expected at least 1 token between compressions, got 0");
+  expect_error([&] { eval::replay(make_policy("h2o"), t.view, 12, {.every = 2}); },
+               "every: expected 1: h2o evicts at every step, got 2");
 }
 
 // The driver over an engine's paged memory and the replay's own slot store feed H2O the same
@@ -247,8 +274,7 @@ TEST(Replay, OneShotPoliciesReselectWhenOverBudget) {
 TEST(StreamDriver, PagedCacheMatchesReplay) {
   const index_t kv_heads = 2, q_heads = 4, n = 80, d = 8, budget = 16;
   Trace t(kv_heads, q_heads, n, d, 4);
-  H2O h2o({.recent = 4});
-  h2o.start({.kv_heads = kv_heads, .q_heads = q_heads, .budget = budget});
+  auto h2o = H2O({.recent = 4}).start({.kv_heads = kv_heads, .q_heads = q_heads, .budget = budget});
   const index_t page = 4, pages = (h2o.slots() + page - 1) / page, pool = pages + 2;
   std::vector<float> kpool(static_cast<std::size_t>(pool * page * kv_heads * d)),
       vpool(kpool.size());
@@ -276,7 +302,7 @@ TEST(StreamDriver, PagedCacheMatchesReplay) {
       ASSERT_EQ(ws.allocations(), warm);
     }
   }
-  const auto r = eval::replay(eval::make_policy("h2o", {{"recent", "4"}}), t.view, budget);
+  const auto r = eval::replay(parse_policy("h2o:recent=4"), t.view, budget);
   for (index_t h = 0; h < kv_heads; ++h) {
     std::vector<std::int64_t> live;
     for (index_t s = 0; s < h2o.slots(); ++s)
@@ -287,8 +313,8 @@ TEST(StreamDriver, PagedCacheMatchesReplay) {
 }
 
 TEST(StreamingRandom, EvictsUniformlyAmongUnprotected) {
-  RandomEviction policy({.sinks = 2, .recent = 3, .seed = 5});
-  policy.start({.kv_heads = 1, .q_heads = 1, .budget = 8});
+  auto policy = RandomEviction({.sinks = 2, .recent = 3, .seed = 5})
+                    .start({.kv_heads = 1, .q_heads = 1, .budget = 8});
   std::vector<float> rows(9);
   std::vector<int> evicted_age(40, 0);
   for (std::int64_t pos = 0; pos < 4000; ++pos) {

@@ -2,7 +2,7 @@
 // every policy giving identical results across runs, dirty workspaces and thread counts. Run
 // under ThreadSanitizer by the `test-tsan` preset.
 // SPDX-License-Identifier: Apache-2.0
-#include <kvevict/eval/registry.hpp>
+#include <kvevict/registry.hpp>
 
 #include <thread>
 
@@ -56,7 +56,7 @@ std::vector<std::int64_t> flatten(const Selection& s) {
 /// has its own Workspace and Selection; `dirty` fills each workspace with NaN first so that a
 /// read of scratch memory the kernels did not write would change the results.
 std::vector<std::vector<std::int64_t>> select_all(std::vector<Sequence>& seqs,
-                                                  const std::vector<eval::AnyPolicy>& policies,
+                                                  const std::vector<AnyPolicy>& policies,
                                                   const Budget& budget, int threads, bool dirty) {
   std::vector<std::vector<std::int64_t>> out(seqs.size() * policies.size());
   auto work = [&](int t) {
@@ -70,8 +70,8 @@ std::vector<std::vector<std::int64_t>> select_all(std::vector<Sequence>& seqs,
     for (std::size_t i = static_cast<std::size_t>(t); i < seqs.size();
          i += static_cast<std::size_t>(threads))
       for (std::size_t p = 0; p < policies.size(); ++p) {
-        const Budget b = eval::budget_free(policies[p]) ? Budget::none() : budget;
-        eval::select(policies[p], seqs[i].kv(), seqs[i].queries(), b, sel, ws);
+        const Budget b = budget_free(policies[p]) ? Budget::none() : budget;
+        kvevict::select(policies[p], seqs[i].kv(), seqs[i].queries(), b, sel, ws);
         out[i * policies.size() + p] = flatten(sel);
       }
   };
@@ -85,10 +85,10 @@ std::vector<std::vector<std::int64_t>> select_all(std::vector<Sequence>& seqs,
 /// Policies for sequence-independent use: W_o differs per sequence only through the view, so
 /// CriticalKV is built over sequence 0's projection and the other sequences share it (what an
 /// engine does: one W_o per layer).
-std::vector<eval::AnyPolicy> all_policies(const OutputProjection& wo, std::uint64_t seed) {
-  std::vector<eval::AnyPolicy> out;
-  for (auto name : eval::policy_names())
-    out.push_back(eval::make_policy(name, small_settings(name), seed, false, &wo));
+std::vector<AnyPolicy> all_policies(const OutputProjection& wo, std::uint64_t seed) {
+  std::vector<AnyPolicy> out;
+  for (auto name : policy_names())
+    out.push_back(make_policy(name, {.settings = small_settings(name), .seed = seed, .wo = &wo}));
   return out;
 }
 
@@ -96,6 +96,16 @@ std::vector<Sequence> make_sequences(index_t count) {
   std::vector<Sequence> seqs;
   for (index_t i = 0; i < count; ++i) seqs.emplace_back(i);
   return seqs;
+}
+
+/// Whether the policy called `name` draws random numbers: it has a `seed` parameter.
+bool draws_random(std::string_view name) {
+  bool out = false;
+  for_each_policy([&]<class P>() {
+    if (P::name != name) return;
+    for (const auto& f : P::parameters()) out = out || f.name == "seed";
+  });
+  return out;
 }
 
 TEST(Determinism, EveryPolicySameInputsSameSeedSameSelection) {
@@ -107,18 +117,18 @@ TEST(Determinism, EveryPolicySameInputsSameSeedSameSelection) {
   EXPECT_EQ(select_all(seqs, all_policies(wo, 11), Budget::ratio(0.25), 1, true), first);
   // The seed matters where a policy draws random numbers, and only there.
   const auto reseeded = select_all(seqs, all_policies(wo, 12), Budget::ratio(0.25), 1, false);
-  const auto names = eval::policy_names();
+  const auto names = policy_names();
   for (std::size_t p = 0; p < names.size(); ++p) {
     bool differs = false;
     for (std::size_t i = 0; i < seqs.size(); ++i)
       differs |= reseeded[i * names.size() + p] != first[i * names.size() + p];
-    EXPECT_EQ(differs, names[p] == "random" || names[p] == "nacl") << names[p];
+    EXPECT_EQ(differs, draws_random(names[p])) << names[p];
   }
   // The layer index seeds random policies too: the same memory as another layer differs.
   for (auto& s : seqs) s.layer += 1;
   const auto relayered = select_all(seqs, policies, Budget::ratio(0.25), 1, false);
   for (std::size_t p = 0; p < names.size(); ++p)
-    if (names[p] == "random" || names[p] == "nacl") {
+    if (draws_random(names[p])) {
       EXPECT_NE(relayered[p], first[p]) << names[p];
     }
 }
@@ -135,10 +145,10 @@ TEST(Threads, ConstPoliciesSharedAcrossThreadsGiveTheSerialResult) {
 /// Replays every position of `seq` through a streaming policy and a StreamDriver over the
 /// sequence's own slot memory; returns every step's evictions and the final positions.
 template <class P>
-std::vector<std::int64_t> stream(P policy, StreamConfig config, Sequence& seq) {
-  policy.start(config);
-  auto slots = make_cache<float>(Layout::paged_nhd, kv_heads, policy.slots(), d, d, 1);
-  StreamDriver driver(policy, slots.kv());
+std::vector<std::int64_t> stream(const P& policy, StreamConfig config, Sequence& seq) {
+  auto sequence = policy.start(config);
+  auto slots = make_cache<float>(Layout::paged_nhd, kv_heads, sequence.slots(), d, d, 1);
+  StreamDriver driver(sequence, slots.kv());
   Workspace ws;
   std::vector<std::int64_t> log;
   std::vector<float> k(static_cast<std::size_t>(kv_heads * d)), v(k.size());
@@ -157,7 +167,7 @@ std::vector<std::int64_t> stream(P policy, StreamConfig config, Sequence& seq) {
     }
   }
   for (index_t h = 0; h < kv_heads; ++h)
-    for (index_t s = 0; s < policy.slots(); ++s) log.push_back(policy.position(h, s));
+    for (index_t s = 0; s < sequence.slots(); ++s) log.push_back(sequence.position(h, s));
   return log;
 }
 

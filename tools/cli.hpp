@@ -3,7 +3,6 @@
 #pragma once
 
 #include <kvevict/eval/npy.hpp>
-#include <kvevict/eval/registry.hpp>
 #include <kvevict/kvevict.hpp>
 
 #include <cstdio>
@@ -79,7 +78,7 @@ inline std::vector<std::pair<std::string, std::string>> settings(const Args& arg
 }
 
 inline index_t parse_count(const std::string& option, const std::string& text) {
-  return eval::detail::parse_int(option, text);
+  return kvevict::detail::parse_int(option, text);
 }
 
 /// `--seed S` (default 0).
@@ -89,6 +88,23 @@ inline std::uint64_t seed(const Args& args) {
   return static_cast<std::uint64_t>(s);
 }
 
+/// `--granularity per_head|shared` (or its older spelling `--shared`), when given.
+inline std::optional<Granularity> granularity(const Args& args) {
+  if (args.has("--granularity")) {
+    if (args.has("--shared")) fail("--granularity", "either --granularity or --shared", "both");
+    return kvevict::detail::parse_value<Granularity>("--granularity", args.get("--granularity"));
+  }
+  if (args.has("--shared")) return Granularity::shared;
+  return std::nullopt;
+}
+
+/// The policy `--policy` names, with `--set`, `--seed`, `--granularity`/`--shared` and W_o.
+inline AnyPolicy policy_from(const Args& args, const OutputProjection* wo) {
+  return make_policy(
+      args.get("--policy"),
+      {.settings = settings(args), .seed = seed(args), .granularity = granularity(args), .wo = wo});
+}
+
 /// `--budget N` or `--ratio R`, exactly one; a budget-free policy may take neither.
 inline Budget budget(const Args& args, bool budget_free = false) {
   if (budget_free && !args.has("--budget") && !args.has("--ratio")) return Budget::none();
@@ -96,7 +112,7 @@ inline Budget budget(const Args& args, bool budget_free = false) {
     fail("--budget", "exactly one of --budget N and --ratio R",
          args.has("--budget") ? "both" : "neither");
   if (args.has("--budget")) return Budget::tokens(parse_count("--budget", args.get("--budget")));
-  return Budget::ratio(eval::detail::parse_real("--ratio", args.get("--ratio")));
+  return Budget::ratio(kvevict::detail::parse_real("--ratio", args.get("--ratio")));
 }
 
 /// Checks that every element is finite; names the argument and the first bad index.
@@ -248,10 +264,10 @@ class Json {
 };
 
 /// The "params" object of a policy.
-inline void params_json(Json& j, const eval::AnyPolicy& policy) {
+inline void params_json(Json& j, const AnyPolicy& policy) {
   j.raw("{");
   bool first = true;
-  for (const auto& [name, value] : eval::describe(policy)) {
+  for (const auto& [name, value] : describe(policy)) {
     j.raw(first ? "" : ", ").key(name).raw(value);
     first = false;
   }

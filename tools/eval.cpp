@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <optional>
 
 #include "cli.hpp"
 
@@ -103,8 +104,11 @@ struct Plan {
   std::vector<std::string> policies;
   std::vector<Budget> budgets;
   eval::Mode mode = eval::Mode::one_shot;
-  std::map<std::string, eval::Settings> settings;  // per policy
+  std::map<std::string, Settings> settings;  // per policy
   std::uint64_t seed = 0;
+  /// The units compared (`--granularity a,b,…`); one empty entry: each policy's own.
+  std::vector<std::optional<Granularity>> granularities{std::nullopt};
+  index_t page_size = 16;  ///< for `pages` on the layers' dense views
   index_t replay_window = 32;
 };
 
@@ -116,27 +120,35 @@ std::vector<eval::Row> execute(const Plan& plan) {
   for (const auto& layer : plan.layers) {
     (void)layer;
     for (const auto& name : plan.policies)
-      total += eval::is_budget_free(name) ? 1 : plan.budgets.size();
+      total += (policy_info(name).budget_free ? 1 : plan.budgets.size()) *
+               (policy_info(name).scores ? plan.granularities.size() : 1);
   }
   Workspace ws;
   for (const auto& layer : plan.layers) {
     const auto wo = layer.projection();
     for (const auto& name : plan.policies) {
       const auto it = plan.settings.find(name);
-      const eval::AnyPolicy policy =
-          eval::make_policy(name, it == plan.settings.end() ? eval::Settings{} : it->second,
-                            plan.seed, false, wo ? &*wo : nullptr);
-      const bool free = eval::budget_free(policy);
-      for (std::size_t b = 0; b < (free ? 1 : plan.budgets.size()); ++b) {
-        const Budget budget = free ? Budget::none() : plan.budgets[b];
-        if (tty) {
-          std::fprintf(stderr, "\r  [%3zu/%3zu] %-14s %-6s %-16s", done + 1, total, name.c_str(),
-                       eval::budget_label(budget).first.c_str(), layer.name.c_str());
-          std::fflush(stderr);
+      const bool several = plan.granularities.size() > 1 && policy_info(name).scores;
+      for (const auto& g : plan.granularities) {
+        if (!policy_info(name).scores && g != plan.granularities.front()) break;
+        const AnyPolicy policy =
+            make_policy(name, {.settings = it == plan.settings.end() ? Settings{} : it->second,
+                               .seed = plan.seed,
+                               .granularity = policy_info(name).scores ? g : std::nullopt,
+                               .wo = wo ? &*wo : nullptr});
+        const bool free = budget_free(policy);
+        for (std::size_t b = 0; b < (free ? 1 : plan.budgets.size()); ++b) {
+          const Budget budget = free ? Budget::none() : plan.budgets[b];
+          if (tty) {
+            std::fprintf(stderr, "\r  [%3zu/%3zu] %-14s %-6s %-16s", done + 1, total, name.c_str(),
+                         eval::budget_label(budget).first.c_str(), layer.name.c_str());
+            std::fflush(stderr);
+          }
+          rows.push_back(eval::run(layer, policy, budget, plan.mode, ws,
+                                   {.window = plan.replay_window}, plan.page_size));
+          if (several) rows.back().policy += "/" + std::string(to_string(granularity_of(policy)));
+          ++done;
         }
-        rows.push_back(
-            eval::run(layer, policy, budget, plan.mode, ws, {.window = plan.replay_window}));
-        ++done;
       }
     }
   }
@@ -145,12 +157,12 @@ std::vector<eval::Row> execute(const Plan& plan) {
 }
 
 void print_table(const std::vector<eval::Row>& rows, eval::Mode mode) {
-  std::printf("%-14s %-14s %-7s %8s %9s %9s %7s %7s", "workload", "policy", "budget", "kept",
+  std::printf("%-14s %-18s %-7s %8s %9s %9s %7s %7s", "workload", "policy", "budget", "kept",
               "error", "err·W_o", "mass", "recall");
   if (mode == eval::Mode::replay) std::printf(" %9s %9s %8s", "replay", "rep.max", "live");
   std::printf(" %9s\n", "time ms");
   for (const auto& r : rows) {
-    std::printf("%-14s %-14s %-7s %8.1f %9s %9s %7s %7s", r.layer.c_str(), r.policy.c_str(),
+    std::printf("%-14s %-18s %-7s %8.1f %9s %9s %7s %7s", r.layer.c_str(), r.policy.c_str(),
                 r.budget.c_str(), r.kept, fixed(r.metrics.error).c_str(),
                 fixed(r.metrics.error_wo).c_str(), fixed(r.metrics.kept_mass, 3).c_str(),
                 fixed(r.metrics.needle_recall, 2).c_str());
@@ -235,7 +247,7 @@ std::vector<Budget> budgets(const Args& args) {
       out.push_back(Budget::tokens(parse_count("--budgets", t)));
   } else {
     for (const auto& t : split(args.get("--ratios", "0.1,0.2,0.3"), ','))
-      out.push_back(Budget::ratio(eval::detail::parse_real("--ratios", t)));
+      out.push_back(Budget::ratio(kvevict::detail::parse_real("--ratios", t)));
   }
   return out;
 }
@@ -246,18 +258,32 @@ int eval_command(int argc, char** argv) {
   const Args args(argc, argv, 2, {});
   args.allow({"--workload", "--workload-set", "--keys", "--values", "--queries", "--wo", "--window",
               "--future", "--policies", "--ratios", "--budgets", "--mode", "--set", "--seed",
-              "--csv", "--plot", "--per-head"});
+              "--granularity", "--page-size", "--csv", "--plot", "--per-head"});
   for (const char* option : {"--csv", "--plot", "--per-head"})
     if (args.has(option)) check_writable(option, args.get(option));
   Plan plan;
   plan.seed = seed(args);
+  if (args.has("--granularity")) {
+    plan.granularities.clear();
+    std::string list = args.get("--granularity");
+    for (std::size_t at = 0; at <= list.size();) {
+      const std::size_t comma = std::min(list.find(',', at), list.size());
+      plan.granularities.emplace_back(
+          kvevict::detail::parse_value<Granularity>("--granularity", list.substr(at, comma - at)));
+      at = comma + 1;
+    }
+  } else if (args.has("--shared")) {
+    plan.granularities = {Granularity::shared};
+  }
+  plan.page_size = parse_count("--page-size", args.get("--page-size", "16"));
+  if (plan.page_size < 1) fail("--page-size", "a page of at least 1 token", plan.page_size);
   plan.budgets = budgets(args);
   const std::string mode = args.get("--mode", "one-shot");
   if (mode == "replay")
     plan.mode = eval::Mode::replay;
   else if (mode != "one-shot")
     fail("--mode", "one-shot or replay", "'", mode, "'");
-  const auto names = eval::policy_names();
+  const auto names = policy_names();
   if (args.has("--policies")) {
     for (const auto& p : split(args.get("--policies"), ',')) plan.policies.push_back(p);
   } else {
@@ -291,8 +317,10 @@ int eval_command(int argc, char** argv) {
   for (const auto& name : plan.policies) {
     const auto it = plan.settings.find(name);
     const auto wo = plan.layers.front().projection();
-    eval::make_policy(name, it == plan.settings.end() ? eval::Settings{} : it->second, plan.seed,
-                      false, wo ? &*wo : nullptr);
+    make_policy(name, {.settings = it == plan.settings.end() ? Settings{} : it->second,
+                       .seed = plan.seed,
+                       .granularity = plan.granularities.front(),
+                       .wo = wo ? &*wo : nullptr});
   }
   for (const auto& [name, s] : plan.settings)
     if (std::find(plan.policies.begin(), plan.policies.end(), name) == plan.policies.end())
@@ -318,7 +346,7 @@ int demo(int argc, char** argv) {
   const auto start = std::chrono::steady_clock::now();
   Plan plan;
   plan.layers.push_back(eval::layer_from(eval::generate(eval::workload_preset("default"))));
-  for (auto n : eval::policy_names()) plan.policies.emplace_back(n);
+  for (auto n : policy_names()) plan.policies.emplace_back(n);
   plan.budgets = {Budget::ratio(0.1), Budget::ratio(0.2), Budget::ratio(0.3)};
   const auto& l = plan.layers.front();
   std::printf(

@@ -9,16 +9,16 @@ namespace kvevict::cli {
 int replay(int argc, char** argv) {
   const Args args(argc, argv, 2, {"--shared"});
   args.allow({"--policy", "--keys", "--values", "--queries", "--wo", "--budget", "--set", "--seed",
-              "--shared", "--window", "--out"});
+              "--shared", "--granularity", "--window", "--every", "--out"});
   if (args.has("--out")) check_writable("--out", args.get("--out"));
   std::optional<index_t> budget;
   if (args.has("--budget")) budget = parse_count("--budget", args.get("--budget"));
   const index_t window = parse_count("--window", args.get("--window", "32"));
+  const index_t every = parse_count("--every", args.get("--every", "1"));
   Inputs in(args, "[q_heads, n, d]");
   npy::Array wo_array;
   const auto wo = output_projection(args, wo_array, in);
-  const eval::AnyPolicy policy = eval::make_policy(args.get("--policy"), settings(args), seed(args),
-                                                   args.has("--shared"), wo ? &*wo : nullptr);
+  const AnyPolicy policy = policy_from(args, wo ? &*wo : nullptr);
   if (in.w != in.n)
     fail("queries", cat("one query per position: [q_heads, ", in.n, ", ", in.d, "]"),
          shape_text(in.q));
@@ -29,13 +29,15 @@ int replay(int argc, char** argv) {
   }
   const eval::DecodeTrace trace{in.kf.data(), in.vf.data(), in.qf.data(), in.kv_heads,
                                 in.q_heads,   in.n,         in.d,         in.dv};
-  const eval::ReplayResult r = eval::replay(policy, trace, budget, {.window = window});
+  const eval::ReplayResult r =
+      eval::replay(policy, trace, budget, {.window = window, .every = every});
 
   Json j;
-  j.raw("{").key("policy").str(eval::name_of(policy)).raw(", ").key("params");
+  j.raw("{").key("policy").str(name_of(policy)).raw(", ").key("params");
   params_json(j, policy);
   j.raw(", ").key("n").raw(std::to_string(in.n)).raw(", ").key("budget");
   j.raw(budget ? std::to_string(*budget) : "null").raw(", ");
+  j.key("every").raw(std::to_string(every)).raw(", ");
   j.key("error").raw("{").key("mean").raw(cat(r.mean_error)).raw(", ").key("max");
   j.raw(cat(r.max_error)).raw("}, ");
   j.key("mean_live")

@@ -7,22 +7,18 @@
 namespace kvevict::cli {
 
 int list() {
-  eval::for_each_policy([]<class P>() {
-    using Traits = eval::PolicyTraits<P>;
+  for_each_policy([]<class P>() {
     const typename P::Params defaults;
-    std::printf("%-14s %s\n", std::string(P::name).c_str(), std::string(Traits::summary).c_str());
-    std::printf("%-14s forms: one-shot%s\n", "", StreamingPolicy<P, float> ? ", streaming" : "");
-    for (const auto& f : Traits::fields()) {
-      std::string value = eval::detail::json_value(defaults, f);
+    std::printf("%-14s %s\n", std::string(P::name).c_str(), std::string(P::info.summary).c_str());
+    std::printf("%-14s forms: one-shot%s%s\n", "", P::info.streaming ? ", streaming" : "",
+                P::info.budget_free ? " (budget-free)" : "");
+    for (const auto& f : P::parameters()) {
+      std::string value = f.get(defaults);
       if (value.size() >= 2 && value.front() == '"') value = value.substr(1, value.size() - 2);
-      std::printf("%-14s   %-18s %-10s %s\n", "", std::string(f.name).c_str(), value.c_str(),
-                  std::string(f.help).c_str());
+      std::printf("%-14s   %-18s %-10s %s%s%s\n", "", std::string(f.name).c_str(), value.c_str(),
+                  std::string(f.doc).c_str(), f.range.empty() ? "" : "; ",
+                  std::string(f.range).c_str());
     }
-    if constexpr (requires { defaults.seed; })
-      std::printf("%-14s   %-18s %-10s %s\n", "", "(--seed)", "0", "random stream seed");
-    if constexpr (requires { defaults.shared; })
-      std::printf("%-14s   %-18s %-10s %s\n", "", "(--shared)", defaults.shared ? "1" : "0",
-                  "one set for all KV heads");
   });
   return 0;
 }
@@ -30,25 +26,24 @@ int list() {
 int select(int argc, char** argv) {
   const Args args(argc, argv, 2, {"--shared"});
   args.allow({"--policy", "--keys", "--values", "--queries", "--wo", "--budget", "--ratio", "--set",
-              "--seed", "--shared", "--out"});
+              "--seed", "--shared", "--granularity", "--out"});
   if (args.has("--out")) check_writable("--out", args.get("--out"));
-  const auto s = settings(args);
   Inputs in(args, "[q_heads, w, d]");
   npy::Array wo_array;
   const auto wo = output_projection(args, wo_array, in);
-  const eval::AnyPolicy policy = eval::make_policy(args.get("--policy"), s, seed(args),
-                                                   args.has("--shared"), wo ? &*wo : nullptr);
-  const Budget b = budget(args, eval::budget_free(policy));
+  const AnyPolicy policy = policy_from(args, wo ? &*wo : nullptr);
+  const Budget b = budget(args, budget_free(policy));
   if (in.w > in.n)
     fail("queries", cat("a window of at most n (", in.n, ") queries"), shape_text(in.q));
 
   Selection sel;
   Workspace ws;
-  in.with_views(
-      [&](const auto& kv, const auto& queries) { eval::select(policy, kv, queries, b, sel, ws); });
+  in.with_views([&](const auto& kv, const auto& queries) {
+    kvevict::select(policy, kv, queries, b, sel, ws);
+  });
 
   Json j;
-  j.raw("{").key("policy").str(eval::name_of(policy)).raw(", ").key("params");
+  j.raw("{").key("policy").str(name_of(policy)).raw(", ").key("params");
   params_json(j, policy);
   j.raw(", ").key("n").raw(std::to_string(in.n)).raw(", ");
   j.key("budget").raw(b.is_none() ? "null" : std::to_string(std::min(b.resolve(in.n), in.n)));

@@ -23,12 +23,34 @@ template <class T>
 concept Element =
     std::same_as<T, float> || std::same_as<T, Eigen::half> || std::same_as<T, Eigen::bfloat16>;
 
+/// The element types of the library, as a value: what a view, W_o or an `.npy` array holds.
+enum class DType { float32, float16, bfloat16 };
+
+/// The `DType` of element type T.
+template <Element T>
+constexpr DType dtype_of() {
+  if constexpr (std::same_as<T, float>) return DType::float32;
+  if constexpr (std::same_as<T, Eigen::half>) return DType::float16;
+  if constexpr (std::same_as<T, Eigen::bfloat16>) return DType::bfloat16;
+}
+
+/// The name of a `DType` as the command line and messages spell it.
+constexpr std::string_view to_string(DType t) {
+  switch (t) {
+    case DType::float32:
+      return "float32";
+    case DType::float16:
+      return "float16";
+    case DType::bfloat16:
+      return "bfloat16";
+  }
+  return "?";
+}
+
 /// The name of an element type as the command line and messages spell it.
 template <Element T>
 constexpr std::string_view dtype_name() {
-  if constexpr (std::same_as<T, float>) return "float32";
-  if constexpr (std::same_as<T, Eigen::half>) return "float16";
-  if constexpr (std::same_as<T, Eigen::bfloat16>) return "bfloat16";
+  return to_string(dtype_of<T>());
 }
 
 /// Converts `count` elements to fp32. Complexity O(count); no allocation.

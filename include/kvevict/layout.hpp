@@ -35,7 +35,15 @@ namespace kvevict {
 /// | llama.cpp cells, TensorRT dense `[n][h_kv][d]`  | `Storage::nhd(p, h_kv, d)`           |
 /// | vLLM `(num_blocks, block_size, h, d)` (NHD)     | `Storage::paged_nhd(p, bs, h, d)`    |
 /// | vLLM / TRT-LLM `(num_blocks, h, block_size, d)` | `Storage::paged_hnd(p, bs, h, d)`    |
-/// | FlashInfer `paged_kv_t` strides                 | `Storage::paged(p, page, head, tok)` |
+/// | FlashInfer `paged_kv_t` strides                 | `Storage::paged(p, {.page, .head, .token})`
+/// | Element strides by name, so they cannot be given in the wrong order: `Storage::strided(p,
+/// {.head = 4096, .token = 128})`.
+struct Strides {
+  index_t head = 0;   ///< elements between head h and h + 1 of one token
+  index_t token = 0;  ///< elements between token t and t + 1 (inside a page when paged)
+  index_t page = 0;   ///< elements between page p and p + 1 of the pool (paged only)
+};
+
 template <Element T>
 struct Storage {
   T* data = nullptr;         ///< Element (head 0, token 0, 0), or page 0 of the pool when paged.
@@ -51,10 +59,9 @@ struct Storage {
   static constexpr Storage nhd(T* data, index_t kv_heads, index_t head_dim) {
     return {data, head_dim, kv_heads * head_dim, 0};
   }
-  /// Dense with any strides (padding between tokens or heads, a slice of a larger tensor).
-  static constexpr Storage strided(T* data, index_t head_stride, index_t token_stride) {
-    return {data, head_stride, token_stride, 0};
-  }
+  /// Dense with any strides (padding between tokens or heads, a slice of a larger tensor):
+  /// `strided(p, {.head = …, .token = …})`.
+  static constexpr Storage strided(T* data, Strides s) { return {data, s.head, s.token, 0}; }
   /// Paged pool `[pool_pages][kv_heads][page_size][head_dim]`.
   static constexpr Storage paged_hnd(T* pool, index_t page_size, index_t kv_heads,
                                      index_t head_dim) {
@@ -65,11 +72,9 @@ struct Storage {
                                      index_t head_dim) {
     return {pool, head_dim, kv_heads * head_dim, page_size * kv_heads * head_dim};
   }
-  /// Paged pool with any strides (FlashInfer's `stride_page`, `stride_h`, `stride_n`).
-  static constexpr Storage paged(T* pool, index_t page_stride, index_t head_stride,
-                                 index_t token_stride) {
-    return {pool, head_stride, token_stride, page_stride};
-  }
+  /// Paged pool with any strides (FlashInfer's `stride_page`, `stride_h`, `stride_n`):
+  /// `paged(pool, {.head = …, .token = …, .page = …})`.
+  static constexpr Storage paged(T* pool, Strides s) { return {pool, s.head, s.token, s.page}; }
 };
 
 /// The logical extent of a cache view.

@@ -26,15 +26,11 @@ namespace kvevict {
 /// Construction validates extents and strides in O(1); the view owns nothing.
 class OutputProjection {
  public:
-  enum class DType { float32, float16, bfloat16 };
-
   template <Element T>
   OutputProjection(const T* data, index_t q_heads, index_t head_dim, index_t hidden,
                    index_t head_stride, index_t row_stride, index_t col_stride)
       : data_(data),
-        dtype_(std::same_as<T, float>         ? DType::float32
-               : std::same_as<T, Eigen::half> ? DType::float16
-                                              : DType::bfloat16),
+        dtype_(dtype_of<T>()),
         q_heads_(q_heads),
         head_dim_(head_dim),
         hidden_(hidden),

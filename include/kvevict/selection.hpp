@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
 #include <span>
 #include <vector>
 
@@ -164,4 +165,26 @@ class Selection {
   std::vector<token_t> indices_;
 };
 
+namespace detail {
+
+/// Declared first in every `select`: if the call throws, `out` is left *incomplete* (reset, no
+/// head filled), whatever it held before and however far filling got. `compact` and
+/// `Selection::validate` reject an incomplete selection, so an error can never leave behind a
+/// selection that looks valid (a stale one from an earlier call, or half of this one).
+class ClearOnError {
+ public:
+  explicit ClearOnError(Selection& out) noexcept
+      : out_(out), exceptions_(std::uncaught_exceptions()) {}
+  ClearOnError(const ClearOnError&) = delete;
+  ClearOnError& operator=(const ClearOnError&) = delete;
+  ~ClearOnError() {
+    if (std::uncaught_exceptions() > exceptions_) out_.clear();
+  }
+
+ private:
+  Selection& out_;
+  int exceptions_;
+};
+
+}  // namespace detail
 }  // namespace kvevict

@@ -3,7 +3,8 @@
 #pragma once
 
 /// \file
-/// \brief Driving a `StreamingPolicy` from the query instead of engine-computed probabilities.
+/// \brief Driving a sequence's `Stream` from the query instead of engine-computed probabilities,
+/// and `StreamDriver`, which writes each new token's K/V where the stream says.
 
 #include <algorithm>
 #include <cmath>
@@ -18,21 +19,20 @@
 
 namespace kvevict {
 
-/// Computes the attention of the new token's query over the policy's live slots —
+/// Computes the attention of the new token's query over the stream's live slots —
 /// `softmax(q · kᵀ / √d)` in fp32 per query head, free slots masked to 0 — into `rows`
-/// (q_heads · slots floats), and returns them as `AttentionRows` for `policy.observe`.
+/// (q_heads · slots floats), and returns them as `AttentionRows` for `stream.observe`.
 ///
-/// `kv` views the engine's slots (`tokens == policy.slots()`); `query` holds one query per query
+/// `kv` views the engine's slots (`tokens == stream.slots()`); `query` holds one query per query
 /// head (`window == 1`). Complexity O(q_heads · slots · head_dim), the cost of the attention
 /// step itself. Scratch: 2 · head_dim floats from `ws` (no allocation once warm). Throws
 /// `kvevict::error` for mismatched shapes or a non-finite logit (NaN/inf in the keys or query).
-template <class P, Element T>
-requires StreamingPolicy<P, T> AttentionRows attention_rows(const P& policy, const KVCache<T>& kv,
-                                                            const QueryWindow<T>& query,
-                                                            std::span<float> rows, Workspace& ws) {
-  const index_t slots = policy.slots();
+template <SequenceStream S, Element T>
+AttentionRows attention_rows(const S& stream, const KVCache<T>& kv, const QueryWindow<T>& query,
+                             std::span<float> rows, Workspace& ws) {
+  const index_t slots = stream.slots();
   if (kv.tokens() != slots)
-    detail::fail("kv.tokens", detail::cat("the policy's slots (", slots, ")"), kv.tokens());
+    detail::fail("kv.tokens", detail::cat("the stream's slots (", slots, ")"), kv.tokens());
   if (query.window() != 1)
     detail::fail("queries.window", "1 (the new token's query)", query.window());
   const index_t g = check_window(kv, query);
@@ -50,7 +50,7 @@ requires StreamingPolicy<P, T> AttentionRows attention_rows(const P& policy, con
     const index_t kvh = h / g;
     float* row = rows.data() + h * slots;
     for (index_t s = 0; s < slots; ++s) {
-      if (policy.position(kvh, s) < 0) {
+      if (stream.position(kvh, s) < 0) {
         row[s] = -std::numeric_limits<float>::infinity();
         continue;
       }
@@ -64,53 +64,50 @@ requires StreamingPolicy<P, T> AttentionRows attention_rows(const P& policy, con
   return {rows.data(), q_heads, slots, slots};
 }
 
-/// `attention_rows` then `policy.observe`: drives a streaming policy from the query, for
-/// engines that do not hand their attention probabilities out. Scratch: q_heads · slots +
-/// 2 · head_dim floats from `ws`.
-template <class P, Element T>
-requires StreamingPolicy<P, T> Evictions observe_query(P& policy, const KVCache<T>& kv,
-                                                       const QueryWindow<T>& query, Workspace& ws) {
+/// `attention_rows` then `stream.observe`: drives a stream from the query, for engines that do
+/// not hand their attention probabilities out. Scratch: q_heads · slots + 2 · head_dim floats
+/// from `ws`.
+template <SequenceStream S, Element T>
+Evictions observe_query(S& stream, const KVCache<T>& kv, const QueryWindow<T>& query,
+                        Workspace& ws) {
   Workspace::Frame frame(ws);
-  const auto rows = ws.take<float>(query.q_heads() * policy.slots());
-  return policy.observe(attention_rows(policy, kv, query, rows, ws));
+  const auto rows = ws.take<float>(query.q_heads() * stream.slots());
+  return stream.observe(attention_rows(stream, kv, query, rows, ws));
 }
 
-/// Drives a streaming policy over one sequence's slots in an engine's memory: append the new
-/// token's key and value where the policy says, feed the step's attention (the engine's
-/// probabilities, or the query), and report the slots that left. Owns nothing — the policy,
+/// Drives a sequence's stream over its slots in an engine's memory: append the new
+/// token's key and value where the stream says, feed the step's attention (the engine's
+/// probabilities, or the query), and report the slots that left. Owns nothing — the stream,
 /// the memory and the workspace are the caller's — and allocates nothing per step.
 ///
-/// Eviction moves no data: an evicted slot is simply free, and the policy hands it to the next
-/// `append`, so the engine's cache never holds more than `policy.slots()` tokens. An engine's
-/// attention kernel must skip free slots; `live(head, slot)` (or `policy.position(head, slot)
+/// Eviction moves no data: an evicted slot is simply free, and the stream hands it to the next
+/// `append`, so the engine's cache never holds more than `stream.slots()` tokens. An engine's
+/// attention kernel must skip free slots; `live(head, slot)` (or `stream.position(head, slot)
 /// >= 0`) says which are live.
 ///
 /// **Example** (vLLM-style paged cache; see examples/paged_streaming.cpp):
 /// \code
-/// kvevict::H2O h2o;
-/// h2o.start({.kv_heads = 8, .q_heads = 32, .budget = 1024});
-/// kvevict::KVCache<Eigen::half> slots(K, V, {.kv_heads = 8, .tokens = h2o.slots(),
+/// auto seq = kvevict::H2O().start({.kv_heads = 8, .q_heads = 32, .budget = 1024});
+/// kvevict::KVCache<Eigen::half> slots(K, V, {.kv_heads = 8, .tokens = seq.slots(),
 ///                                     .head_dim = 128}, {block_table, 16, pool_blocks});
-/// kvevict::StreamDriver driver(h2o, slots);
+/// kvevict::StreamDriver driver(seq, slots);
 /// for (std::int64_t pos = 0; generating(); ++pos) {
 ///   driver.append(pos, new_keys, new_values);   // [kv_heads][head_dim] each
 ///   driver.observe(query, ws);                  // or driver.observe(engine_probabilities)
 /// }
 /// \endcode
-template <class P, Element T>
-requires StreamingPolicy<P, T>
+template <SequenceStream S, Element T>
 class StreamDriver {
  public:
-  /// `slots` views the sequence's slot memory: `slots.tokens() == policy.slots()` (after
-  /// `policy.start`).
-  StreamDriver(P& policy, const KVCache<T>& slots) : policy_(policy), slots_(slots) {
-    if (slots.tokens() != policy.slots())
-      detail::fail("slots.tokens", detail::cat("the policy's slots (", policy.slots(), ")"),
+  /// `slots` views the sequence's slot memory: `slots.tokens() == stream.slots()`.
+  StreamDriver(S& stream, const KVCache<T>& slots) : stream_(stream), slots_(slots) {
+    if (slots.tokens() != stream.slots())
+      detail::fail("slots.tokens", detail::cat("the stream's slots (", stream.slots(), ")"),
                    slots.tokens());
   }
 
   /// Writes the new token's keys (`kv_heads · head_dim` elements, head-major) and values
-  /// (`kv_heads · head_dim_v`) into the slots the policy gives, and returns those slots.
+  /// (`kv_heads · head_dim_v`) into the slots the stream gives, and returns those slots.
   std::span<const token_t> append(std::int64_t position, std::span<const T> keys,
                                   std::span<const T> values) {
     const index_t heads = slots_.kv_heads(), d = slots_.head_dim(), dv = slots_.head_dim_v();
@@ -120,7 +117,7 @@ class StreamDriver {
     if (static_cast<index_t>(values.size()) != heads * dv)
       detail::fail("values", detail::cat("kv_heads · head_dim_v (", heads * dv, ") elements"),
                    values.size());
-    const auto slot = policy_.append(position);
+    const auto slot = stream_.append(position);
     for (index_t h = 0; h < heads; ++h) {
       const auto s = slot[static_cast<std::size_t>(h)];
       std::copy_n(keys.data() + h * d, d, slots_.key(h, s).data());
@@ -130,18 +127,18 @@ class StreamDriver {
   }
 
   /// The step's attention as the engine computed it (over the slots, the new one included).
-  Evictions observe(const AttentionRows& rows) { return policy_.observe(rows); }
+  Evictions observe(const AttentionRows& rows) { return stream_.observe(rows); }
 
   /// The step's attention computed here from the new token's query (`window == 1`).
   Evictions observe(const QueryWindow<T>& query, Workspace& ws) {
-    return observe_query(policy_, slots_, query, ws);
+    return observe_query(stream_, slots_, query, ws);
   }
 
   /// True when `slot` of `head` holds a token.
-  bool live(index_t head, index_t slot) const noexcept { return policy_.position(head, slot) >= 0; }
+  bool live(index_t head, index_t slot) const noexcept { return stream_.position(head, slot) >= 0; }
 
  private:
-  P& policy_;
+  S& stream_;
   KVCache<T> slots_;
 };
 

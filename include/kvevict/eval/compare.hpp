@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "../kvevict.hpp"
+#include "../registry.hpp"
 #include "metrics.hpp"
-#include "registry.hpp"
 #include "replay.hpp"
 #include "workload.hpp"
 
@@ -123,10 +123,11 @@ inline std::pair<std::string, double> budget_label(const Budget& b) {
 }
 
 /// Runs `policy` on `layer` at `budget` in `mode` and measures it. Budget-free policies take
-/// `Budget::none()`. Throws `kvevict::error` for a replay on a layer without every position's
-/// query, or a budget the policy rejects.
+/// `Budget::none()`. A policy whose granularity is `pages` keeps whole pages of `page_size`
+/// tokens of the layer (its dense view has no page table of its own). Throws `kvevict::error`
+/// for a replay on a layer without every position's query, or a budget the policy rejects.
 inline Row run(const Layer& layer, const AnyPolicy& policy, Budget budget, Mode mode, Workspace& ws,
-               const ReplayOptions& replay_options = {}) {
+               const ReplayOptions& replay_options = {}, index_t page_size = 16) {
   using clock = std::chrono::steady_clock;
   Row row;
   row.layer = layer.name;
@@ -146,9 +147,22 @@ inline Row run(const Layer& layer, const AnyPolicy& policy, Budget budget, Mode 
     const auto window = layer.window_queries(own);
     // The fastest of three calls: the first sizes the workspace, the next touch its pages.
     row.time_ms = std::numeric_limits<double>::infinity();
+    const auto one = [&] {
+      if (granularity_of(policy) != Granularity::pages) return select(policy, kv, window, budget, sel, ws);
+      std::visit(
+          [&](const auto& p) {
+            if constexpr (decltype(p.rule(0))::reads_scores) {
+              Workspace::Frame frame(ws);
+              p.choose(p.score(kv, window, Granularity::pages, ws), budget, sel, ws, page_size);
+            } else {
+              select(policy, kv, window, budget, sel, ws);  // position-only: no pages to score
+            }
+          },
+          policy);
+    };
     for (int i = 0; i < 3; ++i) {
       const auto t0 = clock::now();
-      select(policy, kv, window, budget, sel, ws);
+      one();
       row.time_ms = std::min(row.time_ms,
                              std::chrono::duration<double, std::milli>(clock::now() - t0).count());
     }

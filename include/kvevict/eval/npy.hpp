@@ -28,8 +28,8 @@
 
 namespace kvevict::npy {
 
-/// Element types of the arrays the command reads and writes.
-enum class DType { float32, float16 };
+/// The library's element types (float32 and float16 are what `.npy` files here hold).
+using kvevict::DType;
 
 constexpr std::size_t item_size(DType t) {
   return t == DType::float32 ? 4 : 2;
@@ -236,8 +236,11 @@ inline Array read(const std::string& path, std::string_view argument) {
 }
 
 /// Serialises an array as `.npy` format 1.0 (header padded to a multiple of 64 bytes).
+/// float32 or float16 only (NumPy has no bfloat16).
 inline std::vector<std::byte> serialize(DType dtype, std::span<const index_t> shape,
                                         const void* data) {
+  if (dtype == DType::bfloat16)
+    kvevict::detail::fail("dtype", "float32 or float16 (.npy has no bfloat16)", "bfloat16");
   std::string dims;
   index_t count = 1;
   for (std::size_t i = 0; i < shape.size(); ++i) {

@@ -13,12 +13,18 @@
 /// per query head, averaged over heads.
 ///
 /// Streaming policies run their own `start` / `append` / `observe` over a slot store of
-/// `policy.slots()` tokens. One-shot policies follow this rule: whenever the cache holds more
-/// than B tokens after an append, `select` runs on it with budget B and the queries of the last
-/// `window` positions as its observation window (an approximation when some of those tokens
-/// were evicted: the window's causal mask assumes they are the cache's last tokens — exact for
-/// every policy that keeps a recent window), and the cache is compacted. Budget-free policies
-/// take no budget.
+/// `policy.slots()` tokens. One-shot policies are compressed periodically during decoding, the
+/// semantics of kvpress's `DecodingPress` (presses/decoding_press.py, commit 8bb29b9): whenever
+/// the cache reaches B + N tokens after an append (N = `every`, 1 by default: whenever it
+/// exceeds B), `select` runs on it with budget B and the queries of the last `window` positions
+/// as its observation window (an approximation when some of those tokens were evicted: the
+/// window's causal mask assumes they are the cache's last tokens — exact for every policy that
+/// keeps a recent window), and the cache is compacted back to B. The cache peaks at B + N, and
+/// the policy's protected regions (sinks, recent window) are whatever the policy protects;
+/// `DecodingPress` adds none either. One deviation: kvpress scores with the hidden states of
+/// the steps since the last compression only (at most 256); here the window is the last
+/// `window` queries whatever the interval, so N = 1 keeps a full observation window.
+/// Budget-free policies take no budget.
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -28,7 +34,7 @@
 #include <vector>
 
 #include "../kvevict.hpp"
-#include "registry.hpp"
+#include "../registry.hpp"
 
 namespace kvevict::eval {
 
@@ -43,6 +49,8 @@ struct DecodeTrace {
 
 struct ReplayOptions {
   index_t window = 32;  ///< Observation window of one-shot policies (last queries).
+  /// One-shot policies: compress when the cache reaches budget + `every` tokens (≥ 1).
+  index_t every = 1;
 };
 
 struct ReplayResult {
@@ -115,9 +123,9 @@ inline void finish(ReplayResult& r, index_t n) {
 }
 
 template <class P>
-ReplayResult replay_streaming(P policy, const DecodeTrace& t, std::optional<index_t> budget) {
+ReplayResult replay_streaming(const P& p, const DecodeTrace& t, std::optional<index_t> budget) {
   const index_t g = t.q_heads / t.kv_heads;
-  policy.start({t.kv_heads, t.q_heads, budget.value_or(0), budget ? 0 : t.n + 1});
+  auto policy = p.start({t.kv_heads, t.q_heads, budget.value_or(0), budget ? 0 : t.n + 1});
   const index_t slots = policy.slots();
   std::vector<float> ks(static_cast<std::size_t>(t.kv_heads * slots * t.d)),
       vs(static_cast<std::size_t>(t.kv_heads * slots * t.d_v)),
@@ -170,7 +178,7 @@ ReplayResult replay_streaming(P policy, const DecodeTrace& t, std::optional<inde
 template <class P>
 ReplayResult replay_one_shot(const P& policy, const DecodeTrace& t, index_t budget,
                              const ReplayOptions& options) {
-  const index_t g = t.q_heads / t.kv_heads, cap = budget + 1;
+  const index_t g = t.q_heads / t.kv_heads, cap = budget + options.every;
   std::vector<float> ks(static_cast<std::size_t>(t.kv_heads * cap * t.d)),
       vs(static_cast<std::size_t>(t.kv_heads * cap * t.d_v)), got(static_cast<std::size_t>(t.d_v)),
       probs(static_cast<std::size_t>(cap));
@@ -199,7 +207,7 @@ ReplayResult replay_one_shot(const P& policy, const DecodeTrace& t, index_t budg
       step += scorer.error(h, pos, got) / static_cast<double>(t.q_heads);
     }
     r.step_error.push_back(step);
-    if (size > budget) {
+    if (size >= budget + options.every) {
       const KVCache<float> kv(Storage<float>::hnd(ks.data(), cap, t.d),
                               Storage<float>::hnd(vs.data(), cap, t.d_v),
                               {t.kv_heads, size, t.d, t.d_v});
@@ -232,8 +240,8 @@ ReplayResult replay_one_shot(const P& policy, const DecodeTrace& t, index_t budg
 /// per KV head; required for every policy but budget-free ones, which reject it.
 ///
 /// Complexity O(n² · d · q_heads) for the full-attention reference, plus the policy's own cost
-/// (a one-shot policy's `select` at every step once the cache is full). Allocates its buffers;
-/// single threaded. Throws `kvevict::error` for a bad trace or budget.
+/// (a one-shot policy's `select` every `options.every` steps once the cache is full). Allocates its
+/// buffers; single threaded. Throws `kvevict::error` for a bad trace or budget.
 inline ReplayResult replay(const AnyPolicy& policy, const DecodeTrace& trace,
                            std::optional<index_t> budget, const ReplayOptions& options = {}) {
   using kvevict::detail::fail;
@@ -245,13 +253,11 @@ inline ReplayResult replay(const AnyPolicy& policy, const DecodeTrace& trace,
          kvevict::detail::cat("kv_heads=", trace.kv_heads, " q_heads=", trace.q_heads,
                               " n=", trace.n, " d=", trace.d));
   if (options.window < 1) fail("window", "at least 1 query", options.window);
+  if (options.every < 1) fail("every", "at least 1 token between compressions", options.every);
   return std::visit(
       [&](const auto& p) -> ReplayResult {
         using P = std::decay_t<decltype(p)>;
-        constexpr bool budget_free = requires {
-          P::budget_free;
-        };
-        if constexpr (budget_free) {
+        if constexpr (P::info.budget_free) {
           if (budget)
             fail("budget", kvevict::detail::cat("none: ", P::name, " is budget-free"), *budget);
         } else {
@@ -261,7 +267,10 @@ inline ReplayResult replay(const AnyPolicy& policy, const DecodeTrace& trace,
         // A budget of n or more evicts nothing: n slots are enough.
         const std::optional<index_t> b =
             budget ? std::optional<index_t>(std::min(*budget, trace.n)) : std::nullopt;
-        if constexpr (StreamingPolicy<P, float>) {
+        if constexpr (StreamingPolicy<P>) {
+          if (options.every != 1)
+            fail("every", kvevict::detail::cat("1: ", P::name, " evicts at every step"),
+                 options.every);
           return detail::replay_streaming(p, trace, b);
         } else {
           return detail::replay_one_shot(p, trace, *b, options);

@@ -30,7 +30,9 @@
 #include "../error.hpp"
 #include "../kv_cache.hpp"
 #include "../query_window.hpp"
+#include "../scores.hpp"
 #include "../workspace.hpp"
+#include "reduce.hpp"
 #include "softmax.hpp"
 
 namespace kvevict {
@@ -246,6 +248,25 @@ void window_attention(const KVCache<T>& kv, const QueryWindow<T>& queries,
       }
     }
   }
+}
+
+/// `window_attention` as the `Scores` a policy hands to `choose`: one row per query head
+/// (`[q_heads][n]` from `ws`, valid in the caller's frame), reduced over heads by `reduce`,
+/// keyed to the view's layer. The scorer of TOVA, H2O, NACL, CORM and Cascade.
+template <Element T>
+Scores attention_scores(const KVCache<T>& kv, const QueryWindow<T>& queries,
+                        const WindowAttention& options, GroupReduce reduce, Workspace& ws,
+                        Protected protect = {}) {
+  const auto attention = ws.take<float>(queries.q_heads() * kv.tokens());
+  window_attention(kv, queries, options, attention, ws);
+  return {.values = attention,
+          .rows = queries.q_heads(),
+          .tokens = kv.tokens(),
+          .kv_heads = kv.kv_heads(),
+          .kind = ScoreRows::query_heads,
+          .reduce = reduce,
+          .protect = protect,
+          .layer = kv.layer()};
 }
 
 }  // namespace kvevict

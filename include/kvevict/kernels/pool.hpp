@@ -6,6 +6,7 @@
 /// \brief 1-D max / average pooling with same-size output (SnapKV's clustering of scores).
 
 #include <algorithm>
+#include <array>
 #include <span>
 #include <string_view>
 
@@ -22,6 +23,11 @@ enum class Pool {
 
 constexpr std::string_view to_string(Pool p) {
   return p == Pool::max ? "max" : "avg";
+}
+
+/// Every `Pool`, in the order the command lists them.
+constexpr std::array<Pool, 2> all_values(Pool) {
+  return {Pool::max, Pool::avg};
 }
 
 /// `out[j]` pools `in[j − ⌊k/2⌋ … j − ⌊k/2⌋ + k − 1]`: centred for odd k; for even k the window

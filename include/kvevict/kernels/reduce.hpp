@@ -6,6 +6,7 @@
 /// \brief Reduction of per-query-head scores over GQA groups (or over all heads).
 
 #include <algorithm>
+#include <array>
 #include <span>
 #include <string_view>
 
@@ -31,6 +32,11 @@ constexpr std::string_view to_string(GroupReduce r) {
       return "sum";
   }
   return "?";
+}
+
+/// Every `GroupReduce`, in the order the command lists them.
+constexpr std::array<GroupReduce, 3> all_values(GroupReduce) {
+  return {GroupReduce::mean, GroupReduce::max, GroupReduce::sum};
 }
 
 /// Reduces the g rows of one group — row r starts at `first + r · row_stride`, n floats each —

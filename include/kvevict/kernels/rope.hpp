@@ -13,9 +13,11 @@
 /// llama.cpp's original: 2k with 2k + 1). Coordinates at or beyond `rotary_dim` are not rotated
 /// (partial rotary, e.g. GPT-NeoX, Phi).
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "../compact.hpp"
@@ -30,6 +32,9 @@ enum class RopeStyle {
   neox,  ///< Pairs (k, k + rotary_dim / 2): HF Llama, Mistral, Qwen, GPT-NeoX.
   gptj,  ///< Pairs (2k, 2k + 1): GPT-J, llama.cpp `LLAMA_ROPE_TYPE_NORM`.
 };
+
+constexpr std::string_view to_string(RopeStyle s) { return s == RopeStyle::neox ? "neox" : "gptj"; }
+constexpr std::array<RopeStyle, 2> all_values(RopeStyle) { return {RopeStyle::neox, RopeStyle::gptj}; }
 
 /// RoPE parameters of the model whose keys are shifted.
 struct Rope {

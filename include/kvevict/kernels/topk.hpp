@@ -58,6 +58,13 @@ inline void keep_range(std::span<std::uint8_t> keep, index_t begin, index_t end)
   std::fill(keep.begin() + begin, keep.begin() + std::max(begin, end), std::uint8_t{1});
 }
 
+/// Tokens marked in `keep`. O(n).
+inline index_t kept_count(std::span<const std::uint8_t> keep) noexcept {
+  index_t count = 0;
+  for (std::uint8_t k : keep) count += k;
+  return count;
+}
+
 /// Appends the next head of `out`: the marked tokens of `keep`, ascending. O(n).
 inline void add_head_from_mask(Selection& out, std::span<const std::uint8_t> keep) {
   index_t count = 0;

@@ -8,6 +8,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <span>
 #include <string_view>
@@ -29,6 +30,11 @@ enum class NormKind {
 
 constexpr std::string_view to_string(NormKind k) {
   return k == NormKind::l1 ? "l1" : "l2";
+}
+
+/// Every `NormKind`, in the order the command lists them.
+constexpr std::array<NormKind, 2> all_values(NormKind) {
+  return {NormKind::l1, NormKind::l2};
 }
 
 /// G_h = W_o^h W_o^hᵀ (head_dim × head_dim, row-major) for every query head, concatenated:

@@ -5,6 +5,8 @@
 /// \file
 /// \brief CORM: evict a key once none of the recent queries found it important.
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <limits>
 #include <span>
@@ -12,15 +14,20 @@
 #include <vector>
 
 #include "../budget.hpp"
+#include "../choose.hpp"
 #include "../error.hpp"
 #include "../kernels/attention.hpp"
 #include "../kernels/reduce.hpp"
 #include "../kernels/topk.hpp"
 #include "../kv_cache.hpp"
+#include "../metadata.hpp"
+#include "../one_shot.hpp"
 #include "../policy.hpp"
 #include "../query_window.hpp"
+#include "../scores.hpp"
 #include "../selection.hpp"
 #include "../slots.hpp"
+#include "../stream.hpp"
 #include "../workspace.hpp"
 
 namespace kvevict {
@@ -35,6 +42,11 @@ constexpr std::string_view to_string(CORMThreshold t) {
   return t == CORMThreshold::t ? "t" : "live";
 }
 
+/// Every `CORMThreshold`, in the order the command lists them.
+constexpr std::array<CORMThreshold, 2> all_values(CORMThreshold) {
+  return {CORMThreshold::t, CORMThreshold::live};
+}
+
 /// Parameters of `CORM` (the paper's "256+256").
 struct CORMParams {
   index_t w = 256;  ///< recent queries: a key is evicted once unimportant for all of the last w
@@ -43,7 +55,8 @@ struct CORMParams {
   /// Extension: a cap on the cache. When over it, the keys whose last important step is the
   /// oldest leave first (ties: the older key). 0: no cap (the engine's capacity still is one).
   index_t max_tokens = 0;
-  bool shared = false;  ///< one set for all heads: important for any query head at all.
+  /// `shared`: one set for all heads, a key important for any query head at all.
+  Granularity granularity = Granularity::per_head;
 };
 
 /// CORM, Cache Optimization with Recent Message (Dai et al., arXiv 2404.15949, §3 Definitions 1–2
@@ -67,11 +80,24 @@ struct CORMParams {
 ///
 /// - Streaming: `start` allocates O(kv_heads · capacity); a step is O(q_heads · slots) and never
 ///   allocates. One-shot: one `window_attention` + O(n) per head.
-class CORM {
+class CORM : public OneShot<CORM> {
  public:
   static constexpr std::string_view name = "corm";
-  static constexpr bool budget_free = true;
   using Params = CORMParams;
+  static constexpr PolicyInfo info{
+      .summary = "budget-free: evict keys no recent query found important (Dai et al. 2024)",
+      .reads = reads_keys | reads_queries | reads_attention_rows,
+      .streaming = true,
+      .budget_free = true};
+  static std::vector<Parameter<Params>> parameters() {
+    return {param<&Params::w>("w", "≥ 1", "recent queries a key must stay unimportant for"),
+            param<&Params::r>("r", "≥ 0", "recent keys never evicted"),
+            param<&Params::threshold>("threshold", "",
+                                      "importance threshold: t (1/t) or live (1/|cache|)"),
+            param<&Params::max_tokens>("max_tokens", "0 or ≥ max(r, 1)",
+                                       "cap on the cache, 0 = none (extension)"),
+            param<&Params::granularity>("granularity", "", "per_head or shared")};
+  }
 
   CORM() : CORM(Params{}) {}
   explicit CORM(const Params& p) : params_(p) {
@@ -84,134 +110,122 @@ class CORM {
   }
   const Params& params() const noexcept { return params_; }
 
-  template <Element T>
-  void select(const KVCache<T>& kv, const QueryWindow<T>& queries, Budget budget, Selection& out,
-              Workspace& ws) const {
-    detail::ClearOnError on_error(out);
-    check_window(kv, queries);
-    const index_t n = kv.tokens(), w = queries.window();
-    index_t cap = params_.max_tokens == 0 ? n : std::min(params_.max_tokens, n);
-    if (!budget.is_none()) {
-      const index_t b = budget.resolve(n);
-      if (b >= n) return out.keep_all(kv.kv_heads(), n, params_.shared);
-      cap = std::min(cap, b);
+  // ---- one-shot (an approximation over the query window) -----------------------------------
+
+  /// CORM's one-shot choice for one row: the last r tokens, then every candidate whose score is
+  /// ≥ 1 (important for some window query), at most the cap (the budget, or `max_tokens`).
+  struct Rule {
+    static constexpr bool reads_scores = true;
+    static constexpr bool budget_free = true;
+    index_t r, max_tokens;
+    Protected protect(index_t n, index_t) const noexcept { return {.recent = std::min(r, n)}; }
+    index_t cap(index_t n, index_t budget) const noexcept {
+      return std::min(max_tokens == 0 ? n : std::min(max_tokens, n), budget);
     }
-    const index_t r = std::min(params_.r, n);
-    if (cap < r) detail::fail("budget", detail::cat("at least r (", r, ") tokens"), cap);
-    out.reset(kv.kv_heads(), n, params_.shared);
-    Workspace::Frame frame(ws);
-    const index_t q_heads = queries.q_heads(), stored = out.stored_heads();
+    void check(index_t n, index_t budget, Protected) const {
+      const index_t rr = std::min(r, n);
+      if (cap(n, budget) < rr)
+        detail::fail("budget", detail::cat("at least r (", rr, ") tokens"), cap(n, budget));
+    }
+    void pick(const Row& row, std::span<std::uint8_t> keep, Workspace& ws) const {
+      index_t important = 0;
+      for (index_t j = 0; j < row.last(); ++j)
+        important += row.score[static_cast<std::size_t>(j)] >= 1.0f;
+      top_k(row.score, 0, row.last(), std::min(important, cap(row.n, row.budget) - row.marked),
+            keep, ws);
+    }
+  };
+
+  Granularity granularity() const noexcept { return params_.granularity; }
+  Rule rule(index_t) const noexcept { return {params_.r, params_.max_tokens}; }
+
+  /// `max_i (t_i · A_i[j])` over the window's queries (query i at position n − w + i, t_i its
+  /// 1-based position): ≥ 1 when key j is important for some query. Rows come reduced by max
+  /// over each group (or every head), as the streaming form's "any query head".
+  template <Element T>
+  Scores score(const KVCache<T>& kv, const QueryWindow<T>& queries, Granularity,
+               Workspace& ws) const {
+    const index_t n = kv.tokens(), w = queries.window();
     const auto weights = ws.take<float>(w);
     for (index_t i = 0; i < w; ++i)
       weights[static_cast<std::size_t>(i)] = static_cast<float>(n - w + i + 1);
-    const auto attention = ws.take<float>(q_heads * n);
-    window_attention(kv, queries, {.reduce = WindowReduce::max, .query_weights = weights},
-                     attention, ws);
-    const auto score = ws.take<float>(stored * n);  // ≥ 1: important for some window query
-    reduce_groups(attention, q_heads, n, kv.kv_heads(), GroupReduce::max, params_.shared, score);
-    const auto keep = ws.take<std::uint8_t>(n);
-    for (index_t h = 0; h < stored; ++h) {
-      const auto sh = score.subspan(static_cast<std::size_t>(h * n), static_cast<std::size_t>(n));
-      std::fill(keep.begin(), keep.end(), std::uint8_t{0});
-      keep_range(keep, n - r, n);
-      index_t important = 0;
-      for (index_t j = 0; j < n - r; ++j) important += sh[static_cast<std::size_t>(j)] >= 1.0f;
-      top_k(sh, 0, n - r, std::min(important, cap - r), keep, ws);
-      add_head_from_mask(out, keep);
-    }
+    return attention_scores(kv, queries, {.reduce = WindowReduce::max, .query_weights = weights},
+                            GroupReduce::max, ws);
   }
 
-  /// Starts a sequence in `config.capacity` slots (no budget: CORM is budget-free).
-  void start(const StreamConfig& config) {
+  // ---- streaming (budget-free) -------------------------------------------------------------
+
+  struct State {
+    std::vector<std::int64_t> last;  ///< per stored head and slot: last important step
+    std::vector<float> step;         ///< one step's group maximum per slot
+    index_t limit = 0;               ///< live tokens allowed per head (cap and capacity − 1)
+    std::int64_t t = 0;              ///< the current step (1-based position of the newest)
+    bool shared = false;
+    /// The last step at which the key in `slot` of KV head `head` was important (−1: never).
+    std::int64_t last_important(index_t head, index_t slot) const noexcept {
+      return last[static_cast<std::size_t>(shared ? 0 : head) * step.size() +
+                  static_cast<std::size_t>(slot)];
+    }
+  };
+  static constexpr bool reads_rows = true;
+
+  /// A new sequence in `config.capacity` slots (no budget: CORM is budget-free).
+  Stream<CORM> start(const StreamConfig& config) const { return {*this, config}; }
+
+  StreamSetup setup(const StreamConfig& config) const {
     const index_t slots = detail::check_stream_config(config, /*needs_budget=*/false);
-    index_t limit = slots - 1;  // a free slot must remain for the next token
-    if (params_.max_tokens > 0) limit = std::min(limit, params_.max_tokens);
-    detail::require(limit >= std::max<index_t>(params_.r, 1), "capacity",
+    detail::require(limit_for(slots) >= std::max<index_t>(params_.r, 1), "capacity",
                     detail::cat("room for r (", params_.r, ") tokens and the next one"),
                     config.capacity);
-    slots_ = slots;  // nothing changes before every check has passed
-    limit_ = limit;
-    q_heads_ = config.q_heads;
-    live_threshold_ = params_.threshold == CORMThreshold::live;
-    const index_t stored = params_.shared ? 1 : config.kv_heads;
-    table_.start(stored, slots_);
-    last_.assign(static_cast<std::size_t>(stored * slots_), -1);
-    step_.assign(static_cast<std::size_t>(slots_), 0.0f);
-    append_slots_.assign(static_cast<std::size_t>(config.kv_heads), 0);
-    evicted_.start(stored, params_.shared, slots_);
-    t_ = 0;
+    return {.slots = slots,
+            .shared = one_set(params_.granularity),
+            .max_evictions = slots};
   }
-
-  /// The slot per KV head where the token at `position` goes (position + 1 is the step t).
-  std::span<const token_t> append(std::int64_t position) {
-    const auto slots = detail::append_to_slots(table_, append_slots_, position);
-    for (index_t h = 0; h < table_.heads(); ++h)
-      last_[static_cast<std::size_t>(h * slots_ +
-                                     slots[static_cast<std::size_t>(params_.shared ? 0 : h)])] = -1;
-    t_ = position + 1;
-    return slots;
+  State state(const StreamCore& core) const {
+    return {std::vector<std::int64_t>(static_cast<std::size_t>(core.stored() * core.slots()), -1),
+            std::vector<float>(static_cast<std::size_t>(core.slots()), 0.0f),
+            limit_for(core.slots()), 0, one_set(params_.granularity)};
   }
-
+  /// The new key has never been important; the step t is its 1-based position.
+  void appended(State& st, StreamCore& core, std::span<const token_t> slots) const noexcept {
+    for (index_t h = 0; h < core.stored(); ++h)
+      st.last[static_cast<std::size_t>(h * core.slots() + slots[static_cast<std::size_t>(h)])] = -1;
+    st.t = core.last_position() + 1;
+  }
   /// Records which keys the step's query found important, then evicts the long-term minor ones
   /// (and, over the cap, the longest unimportant).
-  Evictions observe(const AttentionRows& rows) {
-    detail::check_rows(rows, q_heads_, slots_);
-    detail::check_probabilities(rows, table_);
-    evicted_.clear();
-    const index_t stored = table_.heads(), g = q_heads_ / stored;
-    for (index_t h = 0; h < stored; ++h) {
-      const float threshold = 1.0f / static_cast<float>(live_threshold_ ? table_.size(h) : t_);
+  void observed(State& st, StreamCore& core, const AttentionRows& rows) const noexcept {
+    const index_t slots = core.slots(), g = core.q_heads() / core.stored();
+    const bool live_threshold = params_.threshold == CORMThreshold::live;
+    for (index_t h = 0; h < core.stored(); ++h) {
+      const float threshold = 1.0f / static_cast<float>(live_threshold ? core.size(h) : st.t);
       // The group's maximum: important for any of its query heads.
-      reduce_group(rows.data + h * g * rows.head_stride, rows.head_stride, g, slots_,
-                   GroupReduce::max, step_.data());
-      std::int64_t* last = last_.data() + h * slots_;
-      for (index_t s = 0; s < slots_; ++s)
-        if (step_[static_cast<std::size_t>(s)] >= threshold) last[s] = t_;
+      reduce_group(rows.data + h * g * rows.head_stride, rows.head_stride, g, slots,
+                   GroupReduce::max, st.step.data());
+      std::int64_t* last = st.last.data() + h * slots;
+      for (index_t s = 0; s < slots; ++s)
+        if (st.step[static_cast<std::size_t>(s)] >= threshold) last[s] = st.t;
       // Long-term minor keys outside the last r positions leave.
-      const std::int64_t recent_from = t_ - params_.r;  // 1-based positions > this are recent
-      const std::int64_t stale_before = t_ - params_.w + 1;
-      for (index_t s = 0; s < slots_; ++s) {
-        const std::int64_t pos = table_.position(h, s);
+      const std::int64_t recent_from = st.t - params_.r;  // 1-based positions > this are recent
+      const std::int64_t stale_before = st.t - params_.w + 1;
+      for (index_t s = 0; s < slots; ++s) {
+        const std::int64_t pos = core.position(h, s);
         if (pos < 0 || pos + 1 > recent_from || last[s] >= stale_before) continue;
-        table_.release(h, static_cast<token_t>(s));
-        evicted_.push(h, static_cast<token_t>(s));
+        core.evict(h, static_cast<token_t>(s));
       }
-      while (table_.size(h) > limit_) {  // the cap: the longest unimportant leaves first
-        token_t victim = -1;
-        for (index_t s = 0; s < slots_; ++s) {
-          const std::int64_t pos = table_.position(h, s);
-          if (pos < 0 || pos + 1 > recent_from) continue;
-          if (victim < 0 || last[s] < last[victim] ||
-              (last[s] == last[victim] && pos < table_.position(h, victim)))
-            victim = static_cast<token_t>(s);
-        }
-        table_.release(h, victim);
-        evicted_.push(h, victim);
-      }
+      const auto old_enough = [&](index_t s) { return core.position(h, s) + 1 <= recent_from; };
+      while (core.size(h) > st.limit)  // the cap: the longest unimportant leaves first
+        core.evict(h, core.lowest(h, last, old_enough));
     }
-    return evicted_.view();
-  }
-
-  index_t slots() const noexcept { return slots_; }
-  index_t size(index_t head) const noexcept { return table_.size(params_.shared ? 0 : head); }
-  std::int64_t position(index_t head, index_t slot) const noexcept {
-    return table_.position(params_.shared ? 0 : head, slot);
-  }
-  /// The last step at which the key in `slot` was important (−1: never).
-  std::int64_t last_important(index_t head, index_t slot) const noexcept {
-    return last_[static_cast<std::size_t>((params_.shared ? 0 : head) * slots_ + slot)];
   }
 
  private:
+  index_t limit_for(index_t slots) const noexcept {
+    const index_t limit = slots - 1;  // a free slot must remain for the next token
+    return params_.max_tokens > 0 ? std::min(limit, params_.max_tokens) : limit;
+  }
+
   Params params_;
-  index_t slots_ = 0, limit_ = 0, q_heads_ = 0;
-  bool live_threshold_ = false;
-  std::int64_t t_ = 0;
-  detail::SlotTable table_;
-  std::vector<std::int64_t> last_;  ///< per stored head and slot: last important step
-  std::vector<float> step_;         ///< one step's group maximum per slot
-  std::vector<token_t> append_slots_;
-  detail::EvictionList evicted_;
 };
 
 }  // namespace kvevict

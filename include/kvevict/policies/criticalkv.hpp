@@ -6,22 +6,26 @@
 /// \brief CriticalKV: attention first, then attention weighted by how far each value can move
 /// the layer's output.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string_view>
 #include <vector>
 
 #include "../budget.hpp"
+#include "../choose.hpp"
 #include "../error.hpp"
-#include "../kernels/head_budgets.hpp"
 #include "../kernels/reduce.hpp"
 #include "../kernels/topk.hpp"
 #include "../kernels/value_norm.hpp"
 #include "../kv_cache.hpp"
+#include "../metadata.hpp"
+#include "../one_shot.hpp"
 #include "../output_projection.hpp"
-#include "../policy.hpp"
 #include "../query_window.hpp"
+#include "../scores.hpp"
 #include "../selection.hpp"
 #include "../workspace.hpp"
 #include "snapkv.hpp"
@@ -39,7 +43,8 @@ struct CriticalKVParams {
   NormKind norm = NormKind::l1;  ///< ‖V W_o‖₁ (the paper's bound) or ‖V W_o‖₂.
   bool ada = false;              ///< AdaKV head-adaptive budgets.
   double alpha_safeguard = 0.2;  ///< AdaKV: each head keeps ≥ this share of the mean.
-  bool shared = false;           ///< one set for all heads.
+  AdaSafeguard safeguard = AdaSafeguard::kvpress;  ///< AdaKV: whose safeguard rule
+  Granularity granularity = Granularity::per_head;
 };
 
 /// CriticalKV (Feng et al., arXiv 2502.03805, §3 "output perturbation" Theorems 3.3–3.5 and
@@ -55,22 +60,51 @@ struct CriticalKVParams {
 ///   `(s + ε) · N` among the remaining prefix tokens (ties: the more recent).
 /// - `norm = l2`: `‖V_j W_o^h‖₂ = sqrt(v_jᵀ G_h v_j)` with G_h = W_o^h W_o^hᵀ, computed once when
 ///   the policy is built.
-/// - `ada`: AdaKV budgets (see `head_budgets`) from the base scores: head h gets w + b_h tokens,
-///   the b_h summing to kv_heads · (B − w); the selection is then ragged per head.
+/// - `ada`: AdaKV budgets (see `AdaptiveBudgets`) from the base scores: head h gets B_h tokens,
+///   summing to kv_heads · B; the selection is then ragged per head. With kvpress's safeguard
+///   (the default, `criticalkv_press.py` `CriticalAdaKVPress` at commit 8bb29b9) stage 1 takes
+///   `max(int(alpha · B), ⌊fp32(ratio · B_h)⌋)` tokens, window included: the safeguard tokens
+///   are forced through both stages as kvpress forces them (it sets them to the float maximum,
+///   and `(max + ε) · N` stays in the top). `safeguard = adakv`: stage 1 is `⌊ratio · B_h⌋`.
 ///
-/// Deviation from upstream, on purpose: upstream forces the window in through stage 1 (SnapKV
+/// Deviations from upstream, on purpose: upstream forces the window in through stage 1 (SnapKV
 /// pads it with max + 1), so when ⌊ratio · B⌋ < w some window tokens can lose in stage 2; here
-/// the window is always kept and stage 1 takes what is left of ⌊ratio · B⌋.
+/// the window is always kept and stage 1 takes what is left of ⌊ratio · B⌋. Upstream computes
+/// stage 1 of the non-adaptive press as `int((1 − cr) · n · ratio)` from a compression ratio;
+/// here the budget is in tokens, so `⌊ratio · B⌋`. Upstream's CriticalAdaKV sums head budgets
+/// over the batch (correct for batch 1 only); here each sequence is its own call. A safeguard
+/// token whose projected value norm is 0 loses upstream's protection in stage 2 (`max · 0`);
+/// here it keeps it.
 ///
 /// - Holds a *view* of the layer's W_o (it must outlive the policy); with `norm = l2` owns the
 ///   Gram matrices (q_heads · d² floats, computed in O(q_heads · d² · hidden) at construction).
 /// - Complexity: SnapKV's scoring + the norms (2·(n − w)·d·hidden FLOPs per query head for L1,
 ///   2·(n − w)·d² for L2) + O(n) selection per head. Scratch from `ws`; no allocation once warm.
 /// - Errors: W_o that does not match the cache or queries; B < w unless B ≥ n.
-class CriticalKV {
+class CriticalKV : public OneShot<CriticalKV> {
  public:
   static constexpr std::string_view name = "criticalkv";
   using Params = CriticalKVParams;
+  static constexpr PolicyInfo info{
+      .summary =
+          "attention, then attention x projected value norm |V W_o| (Feng et al. 2025); needs W_o",
+      .reads = reads_keys | reads_queries | reads_values | reads_output_projection};
+  static std::vector<Parameter<Params>> parameters() {
+    return {
+        param<&Params::window>("window", "≥ 1", "SnapKV observation window, always kept"),
+        param<&Params::kernel>("kernel", "≥ 1", "SnapKV pooling kernel"),
+        param<&Params::pool>("pool", "", "SnapKV pooling: max or avg"),
+        param<&Params::reduce>("reduce", "", "GQA reduction of the attention: mean, max or sum"),
+        param<&Params::first_stage_ratio>("first_stage_ratio", "[0, 1]",
+                                          "budget share chosen by attention"),
+        param<&Params::epsilon>("epsilon", "≥ 0", "added to the attention before weighting"),
+        param<&Params::norm>("norm", "", "projected value norm: l1 or l2"),
+        param<&Params::ada>("ada", "", "AdaKV head-adaptive budgets"),
+        param<&Params::alpha_safeguard>("alpha_safeguard", "[0, 1]",
+                                        "AdaKV: minimum share of the budget per head"),
+        param<&Params::safeguard>("safeguard", "", "AdaKV safeguard rule: kvpress or adakv"),
+        param<&Params::granularity>("granularity", "", "per_head or shared")};
+  }
 
   CriticalKV(const Params& p, const OutputProjection& wo) : params_(p), wo_(wo) {
     detail::check_snapkv(base_params());
@@ -87,13 +121,54 @@ class CriticalKV {
 
   /// The SnapKV configuration of the base scores.
   SnapKVParams base_params() const noexcept {
-    return {params_.window, params_.kernel, params_.pool, params_.reduce, params_.shared};
+    return {.window = params_.window,
+            .kernel = params_.kernel,
+            .pool = params_.pool,
+            .reduce = params_.reduce,
+            .granularity = params_.granularity};
+  }
+
+  /// CriticalKV's two stages for one row, from the base scores s (first channel) and the
+  /// projected value norms N (second) of the prefix m = n − w: the top
+  /// `max(0, ⌊ratio · B⌋ − w)` by s, then the top of `(s + ε) · N` until `B − w` prefix tokens
+  /// are marked (the window is protected). O(m); scratch m floats.
+  struct Rule : TopK {
+    double first_stage_ratio, epsilon;
+    void pick(const Row& row, std::span<std::uint8_t> keep, Workspace& ws) const {
+      const index_t m = row.last(), window = row.n - m, budget = row.budget;
+      const index_t prefix_budget = std::min(budget - window, m);
+      index_t b1 =
+          static_cast<index_t>(std::floor(first_stage_ratio * static_cast<double>(budget)));
+      if (row.adaptive && row.adaptive->safeguard == AdaSafeguard::kvpress) {
+        // kvpress CriticalAdaKV: ⌊fp32(B_h · ratio)⌋ (an int64 tensor times a Python float is
+        // fp32), and the head's safeguard tokens pass stage 1 whatever its size.
+        b1 = std::max(row.safeguard, static_cast<index_t>(static_cast<float>(budget) *
+                                                          static_cast<float>(first_stage_ratio)));
+      }
+      const index_t stage1 = std::clamp<index_t>(b1 - window, 0, prefix_budget);
+      top_k(row.score, 0, m, stage1, keep, ws);
+      Workspace::Frame frame(ws);
+      const auto key = ws.take<float>(m);
+      const auto eps = static_cast<float>(epsilon);
+      for (index_t j = 0; j < m; ++j)
+        key[static_cast<std::size_t>(j)] = (row.score[static_cast<std::size_t>(j)] + eps) *
+                                           row.second[static_cast<std::size_t>(j)];
+      top_k(key, 0, m, prefix_budget - stage1, keep, ws);
+    }
+  };
+
+  Granularity granularity() const noexcept { return params_.granularity; }
+  Rule rule(index_t) const noexcept { return {{}, params_.first_stage_ratio, params_.epsilon}; }
+  Protected protect(index_t) const noexcept {
+    return {.recent = params_.window, .recent_name = "window"};
+  }
+  std::optional<AdaptiveBudgets> adaptive() const {
+    if (!params_.ada) return std::nullopt;
+    return AdaptiveBudgets{.alpha = params_.alpha_safeguard, .safeguard = params_.safeguard};
   }
 
   template <Element T>
-  void select(const KVCache<T>& kv, const QueryWindow<T>& queries, Budget budget, Selection& out,
-              Workspace& ws) const {
-    detail::ClearOnError on_error(out);
+  void check_inputs(const KVCache<T>& kv, const QueryWindow<T>& queries) const {
     const index_t w = params_.window;
     if (queries.window() < w)
       detail::fail("queries.window", detail::cat("at least CriticalKV's window (", w, ")"),
@@ -104,53 +179,36 @@ class CriticalKV {
     if (wo_.head_dim() != kv.head_dim_v())
       detail::fail("wo.head_dim", detail::cat("the values' head_dim (", kv.head_dim_v(), ")"),
                    wo_.head_dim());
-    const index_t b = detail::begin_select(kv, queries, budget, out, params_.shared, w, "window");
-    if (b == 0) return;
-    const index_t n = kv.tokens(), prefix = n - w, stored = out.stored_heads();
-    Workspace::Frame frame(ws);
-    const auto s = SnapKV(base_params()).pooled_prefix_scores(kv, queries.last(w), ws);
-    const auto per_head = ws.take<float>(wo_.q_heads() * prefix);
-    projected_value_norms(kv, wo_, prefix, params_.norm, gram_, per_head, ws);
-    const auto norms = ws.take<float>(stored * prefix);
-    reduce_groups(per_head, wo_.q_heads(), prefix, kv.kv_heads(), GroupReduce::mean, params_.shared,
-                  norms);
-    const auto budgets = ws.take<index_t>(stored);
-    if (params_.ada && stored > 1) {
-      head_budgets(s, stored, prefix, b - w, params_.alpha_safeguard, budgets, ws);
-    } else {
-      std::fill(budgets.begin(), budgets.end(), b - w);
-    }
-    const auto keep = ws.take<std::uint8_t>(n);
-    const auto key = ws.take<float>(prefix);
-    for (index_t h = 0; h < stored; ++h) {
-      const auto sh =
-          s.subspan(static_cast<std::size_t>(h * prefix), static_cast<std::size_t>(prefix));
-      const auto nh =
-          norms.subspan(static_cast<std::size_t>(h * prefix), static_cast<std::size_t>(prefix));
-      std::fill(keep.begin(), keep.end(), std::uint8_t{0});
-      keep_range(keep, prefix, n);
-      choose(sh, nh, w, w + budgets[static_cast<std::size_t>(h)], key, keep, ws);
-      add_head_from_mask(out, keep);
-    }
   }
 
-  /// The two stages for one head, from base scores `s` and norms `N` of the prefix (size m):
-  /// marks in `keep` (size ≥ m) the top `max(0, ⌊ratio · B⌋ − window)` by s, then the top of
-  /// `(s + ε) · N` until `B − window` prefix tokens are marked. `key` is m floats of scratch.
-  /// The window itself is the caller's (already kept). O(m).
-  void choose(std::span<const float> s, std::span<const float> norm, index_t window, index_t budget,
-              std::span<float> key, std::span<std::uint8_t> keep, Workspace& ws) const {
-    const auto m = static_cast<index_t>(s.size());
-    const index_t prefix_budget = std::min(budget - window, m);
-    const auto b1 =
-        static_cast<index_t>(std::floor(params_.first_stage_ratio * static_cast<double>(budget)));
-    const index_t stage1 = std::clamp<index_t>(b1 - window, 0, prefix_budget);
-    top_k(s, 0, m, stage1, keep, ws);
-    const auto eps = static_cast<float>(params_.epsilon);
-    for (index_t j = 0; j < m; ++j)
-      key[static_cast<std::size_t>(j)] =
-          (s[static_cast<std::size_t>(j)] + eps) * norm[static_cast<std::size_t>(j)];
-    top_k(key.first(static_cast<std::size_t>(m)), 0, m, prefix_budget - stage1, keep, ws);
+  /// SnapKV's base scores (first channel) and the projected value norms `‖V_j W_o^h‖` per
+  /// query head (second channel, reduced by mean), both `[q_heads][n]` over the prefix.
+  template <Element T>
+  Scores score(const KVCache<T>& kv, const QueryWindow<T>& queries, Granularity,
+               Workspace& ws) const {
+    check_inputs(kv, queries);
+    const index_t n = kv.tokens(), w = params_.window, prefix = n - w, q_heads = wo_.q_heads();
+    const auto s = detail::snapkv_scores(kv, queries.last(w), params_.kernel, params_.pool, ws);
+    const auto norms = ws.take<float>(q_heads * n);
+    {
+      Workspace::Frame frame(ws);
+      const auto per_head = ws.take<float>(q_heads * prefix);
+      projected_value_norms(kv, wo_, prefix, params_.norm, gram_, per_head, ws);
+      for (index_t h = 0; h < q_heads; ++h) {
+        std::copy_n(per_head.data() + h * prefix, prefix, norms.data() + h * n);
+        std::fill_n(norms.data() + h * n + prefix, w, 0.0f);  // the window: protected
+      }
+    }
+    return {.values = s,
+            .rows = q_heads,
+            .tokens = n,
+            .kv_heads = kv.kv_heads(),
+            .kind = ScoreRows::query_heads,
+            .reduce = params_.reduce,
+            .protect = protect(n),
+            .second = norms,
+            .second_reduce = GroupReduce::mean,
+            .layer = kv.layer()};
   }
 
  private:

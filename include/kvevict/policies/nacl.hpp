@@ -5,20 +5,26 @@
 /// \file
 /// \brief NACL: proxy-token eviction plus attention-weighted random eviction, head by head.
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <span>
 #include <string_view>
+#include <vector>
 
 #include "../budget.hpp"
+#include "../choose.hpp"
 #include "../error.hpp"
 #include "../kernels/attention.hpp"
 #include "../kernels/reduce.hpp"
 #include "../kernels/topk.hpp"
 #include "../kv_cache.hpp"
-#include "../policy.hpp"
+#include "../metadata.hpp"
+#include "../one_shot.hpp"
 #include "../query_window.hpp"
 #include "../random.hpp"
+#include "../scores.hpp"
 #include "../selection.hpp"
 #include "../workspace.hpp"
 
@@ -49,6 +55,12 @@ constexpr std::string_view to_string(NACLPreset p) {
   return "?";
 }
 
+/// Every `NACLPreset`, in the order the command lists them.
+constexpr std::array<NACLPreset, 5> all_values(NACLPreset) {
+  return {NACLPreset::none, NACLPreset::paper10, NACLPreset::paper20, NACLPreset::paper30,
+          NACLPreset::long_context};
+}
+
 /// Parameters of `NACL`.
 struct NACLParams {
   index_t sinks = 4;                      ///< S: the first tokens, always kept.
@@ -56,9 +68,9 @@ struct NACLParams {
   double random_share = 2.0 / 3.0;        ///< of the unprotected budget, kept by sampling.
   bool causal = false;                    ///< proxies see only earlier keys (upstream: false).
   GroupReduce reduce = GroupReduce::sum;  ///< over a KV head's query heads.
-  bool shared = false;                    ///< one set for all heads (reduced over all heads).
-  std::uint64_t seed = 0;                 ///< with the layer and the head, keys the sampling.
-  NACLPreset preset = NACLPreset::none;   ///< a paper split (overrides S, R, share, proxies).
+  Granularity granularity = Granularity::per_head;
+  std::uint64_t seed = 0;                ///< with the layer and the head, keys the sampling.
+  NACLPreset preset = NACLPreset::none;  ///< a paper split (overrides S, R, share, proxies).
 };
 
 /// What a preset (or the plain parameters) means for a cache of n tokens.
@@ -118,10 +130,26 @@ constexpr NACLPresetRow nacl_preset_row(NACLPreset p) {
 ///   per head for top-k and sampling. Scratch from `ws`; no allocation once warm.
 /// - Errors: B < S + R unless B ≥ n; a candidate set smaller than C_p + C_r; `random_share`
 ///   outside [0, 1].
-class NACL {
+class NACL : public OneShot<NACL> {
  public:
   static constexpr std::string_view name = "nacl";
   using Params = NACLParams;
+  static constexpr PolicyInfo info{
+      .summary =
+          "proxy-token top-k + attention-weighted random eviction, per head (Chen et al. 2024)",
+      .reads = reads_keys | reads_queries};
+  static std::vector<Parameter<Params>> parameters() {
+    return {param<&Params::sinks>("sinks", "≥ 0", "first tokens always kept"),
+            param<&Params::recent>("recent", "≥ 0", "last tokens always kept"),
+            param<&Params::random_share>("random_share", "[0, 1]",
+                                         "share of the unprotected budget sampled"),
+            param<&Params::causal>("causal", "", "proxies see only earlier keys"),
+            param<&Params::reduce>("reduce", "", "GQA reduction: sum, mean or max"),
+            param<&Params::granularity>("granularity", "", "per_head or shared"),
+            param<&Params::seed>("seed", "", "keys the sampling with the layer and head"),
+            param<&Params::preset>("preset", "",
+                                   "paper split: none, paper10, paper20, paper30, long_context")};
+  }
 
   NACL() : NACL(Params{}) {}
   explicit NACL(const Params& p) : params_(p) {
@@ -144,74 +172,64 @@ class NACL {
     return {sinks, protect - sinks, proxies, row.random / (row.top_k + row.random)};
   }
 
-  template <Element T>
-  void select(const KVCache<T>& kv, const QueryWindow<T>& queries, Budget budget, Selection& out,
-              Workspace& ws) const {
-    detail::ClearOnError on_error(out);
-    const index_t n = kv.tokens();
-    const NACLSplit sp = split(n);
-    const index_t b = detail::begin_select(kv, queries, budget, out, params_.shared,
-                                           sp.sinks + sp.recent, "sinks + recent");
-    if (b == 0) return;
-    Workspace::Frame frame(ws);
-    const QueryWindow<T> proxies =
-        sp.proxies == 0 ? queries : queries.last(std::min(sp.proxies, queries.window()));
-    const auto scores = proxy_scores(kv, proxies, ws);
-    choose(scores, n, b, kv.layer(), out, ws);
-  }
-
-  /// The selection half of `select`, from given proxy scores ([stored heads][n]): protected
-  /// regions, top-k, and the Gumbel-top-k sample, appended to `out` (already `reset` for the
-  /// stored heads). For engines that compute the scores themselves. O(n) per head; scratch
-  /// n · (1 + 4 + 8) bytes from `ws`.
-  void choose(std::span<const float> scores, index_t n, index_t budget, index_t layer,
-              Selection& out, Workspace& ws) const {
-    const NACLSplit sp = split(n);
-    const index_t s = sp.sinks, r = sp.recent;
-    const index_t extra = budget - s - r;
-    const auto c_random =
-        static_cast<index_t>(std::floor(static_cast<double>(extra) * sp.random_share + 0.5));
-    const index_t c_top = extra - c_random, candidates = n - s - r;
-    if (extra < 0 || candidates < c_top + c_random)
-      detail::fail("budget",
-                   detail::cat("between sinks + recent (", s + r, ") and n (", n,
-                               ") tokens, so that every kept token has a candidate"),
-                   budget);
-    Workspace::Frame frame(ws);
-    const auto keep = ws.take<std::uint8_t>(n);
-    const auto keys = ws.take<float>(n);
-    for (index_t h = 0; h < out.stored_heads(); ++h) {
-      const auto sh = scores.subspan(static_cast<std::size_t>(h * n), static_cast<std::size_t>(n));
-      std::fill(keep.begin(), keep.end(), std::uint8_t{0});
-      keep_range(keep, 0, s);
-      keep_range(keep, n - r, n);
-      top_k(sh, s, n - r, c_top, keep, ws);
+  /// NACL's choice for one row: the sinks and recent tokens protected; of the rest of the budget
+  /// E = B − S − R, `C_r = ⌊E · random_share + ½⌋` sampled and `C_p = E − C_r` by top-k: the
+  /// top C_p candidates by the proxy score, then C_r more by Gumbel-top-k over the remaining
+  /// candidates (keys s − log(−log u), u from `RandomStream(seed, layer, head)`, one draw per
+  /// candidate in index order, whatever top-k chose). O(n); scratch n floats.
+  struct Rule {
+    static constexpr bool reads_scores = true;
+    NACLSplit split;
+    std::uint64_t seed;
+    Protected protect(index_t, index_t) const noexcept { return {split.sinks, split.recent}; }
+    void check(index_t n, index_t budget, Protected p) const {
+      detail::check_protected_budget(budget, p);
+      const index_t extra = budget - split.sinks - split.recent;
+      const index_t c_random = randoms(extra), c_top = extra - c_random;
+      if (extra < 0 || n - split.sinks - split.recent < c_top + c_random)
+        detail::fail(
+            "budget",
+            detail::cat("between sinks + recent (", split.sinks + split.recent, ") and n (", n,
+                        ") tokens, so that every kept token has a candidate"),
+            budget);
+    }
+    index_t randoms(index_t extra) const noexcept {
+      return static_cast<index_t>(
+          std::floor(static_cast<double>(extra) * split.random_share + 0.5));
+    }
+    void pick(const Row& row, std::span<std::uint8_t> keep, Workspace& ws) const {
+      const index_t first = row.first(), last = row.last();
+      const index_t extra = row.budget - row.marked;
+      const index_t c_random = randoms(extra), c_top = extra - c_random;
+      top_k(row.score, first, last, c_top, keep, ws);
       // Gumbel-top-k over the remaining candidates: P(kept) follows sampling ∝ exp(s) without
       // replacement. One uniform per candidate, in index order, whatever top-k chose.
-      RandomStream rng(params_.seed, static_cast<std::uint64_t>(layer),
-                       static_cast<std::uint64_t>(h));
-      for (index_t j = s; j < n - r; ++j) {
+      Workspace::Frame frame(ws);
+      const auto keys = ws.take<float>(row.n);
+      RandomStream rng(seed, static_cast<std::uint64_t>(row.layer),
+                       static_cast<std::uint64_t>(row.head));
+      for (index_t j = first; j < last; ++j) {
         const double u = rng.uniform();
         keys[static_cast<std::size_t>(j)] =
-            sh[static_cast<std::size_t>(j)] - static_cast<float>(std::log(-std::log(u)));
+            row.score[static_cast<std::size_t>(j)] - static_cast<float>(std::log(-std::log(u)));
       }
-      top_k(keys, s, n - r, c_random, keep, ws);
-      add_head_from_mask(out, keep);
+      top_k(keys, first, last, c_random, keep, ws);
     }
-  }
+  };
 
-  /// The proxy scores of every stored head ([stored heads][n], from `ws`): the sum over the
-  /// proxies' attention, reduced over the group. Valid in the caller's frame.
+  Granularity granularity() const noexcept { return params_.granularity; }
+  Rule rule(index_t n) const noexcept { return {split(n), params_.seed}; }
+
+  /// The proxy scores: the sum over the proxies' attention (the given window, or its last
+  /// `proxies` under a preset), per query head (`[q_heads][n]` from `ws`), reduced by `reduce`.
   template <Element T>
-  std::span<float> proxy_scores(const KVCache<T>& kv, const QueryWindow<T>& proxies,
-                                Workspace& ws) const {
-    const index_t n = kv.tokens(), q_heads = proxies.q_heads();
-    const auto attention = ws.take<float>(q_heads * n);
-    window_attention(kv, proxies, {.reduce = WindowReduce::sum, .causal = params_.causal},
-                     attention, ws);
-    const auto scores = ws.take<float>((params_.shared ? 1 : kv.kv_heads()) * n);
-    reduce_groups(attention, q_heads, n, kv.kv_heads(), params_.reduce, params_.shared, scores);
-    return scores;
+  Scores score(const KVCache<T>& kv, const QueryWindow<T>& queries, Granularity,
+               Workspace& ws) const {
+    const NACLSplit sp = split(kv.tokens());
+    const QueryWindow<T> proxies =
+        sp.proxies == 0 ? queries : queries.last(std::min(sp.proxies, queries.window()));
+    return attention_scores(kv, proxies, {.reduce = WindowReduce::sum, .causal = params_.causal},
+                            params_.reduce, ws, {sp.sinks, sp.recent});
   }
 
  private:

@@ -11,12 +11,16 @@
 #include <vector>
 
 #include "../budget.hpp"
+#include "../choose.hpp"
 #include "../error.hpp"
 #include "../kv_cache.hpp"
+#include "../metadata.hpp"
+#include "../one_shot.hpp"
 #include "../policy.hpp"
 #include "../query_window.hpp"
 #include "../selection.hpp"
 #include "../slots.hpp"
+#include "../stream.hpp"
 #include "../workspace.hpp"
 
 namespace kvevict {
@@ -40,10 +44,16 @@ struct StreamingLLMParams {
 /// - Errors: B < S (the budget cannot hold the sinks) is a `kvevict::error` unless B ≥ n.
 /// - Threading: `select` is const and may run concurrently; the streaming state belongs to one
 ///   sequence.
-class StreamingLLM {
+class StreamingLLM : public OneShot<StreamingLLM> {
  public:
   static constexpr std::string_view name = "streaming_llm";
   using Params = StreamingLLMParams;
+  static constexpr PolicyInfo info{.summary = "attention sinks + recent window (Xiao et al. 2023)",
+                                   .streaming = true,
+                                   .scores = false};
+  static std::vector<Parameter<Params>> parameters() {
+    return {param<&Params::sinks>("sinks", "≥ 0", "first tokens always kept")};
+  }
 
   StreamingLLM() : StreamingLLM(Params{}) {}
   explicit StreamingLLM(const Params& p) : params_(p) {
@@ -51,75 +61,49 @@ class StreamingLLM {
   }
   const Params& params() const noexcept { return params_; }
 
-  /// Keeps [0, S) ∪ [n − (B − S), n), shared by all heads.
-  template <Element T>
-  void select(const KVCache<T>& kv, const QueryWindow<T>& queries, Budget budget, Selection& out,
-              Workspace& /*ws*/) const {
-    detail::ClearOnError on_error(out);
-    const index_t n = kv.tokens();
-    const index_t b =
-        detail::begin_select(kv, queries, budget, out, /*shared=*/true, params_.sinks, "sinks");
-    if (b == 0) return;
-    const auto kept = out.add_head(b);
-    const index_t s = params_.sinks;
-    for (index_t i = 0; i < s; ++i) kept[static_cast<std::size_t>(i)] = static_cast<token_t>(i);
-    for (index_t i = s; i < b; ++i)
-      kept[static_cast<std::size_t>(i)] = static_cast<token_t>(n - b + i);
-  }
+  // ---- one-shot: keeps [0, S) ∪ [n − (B − S), n), shared by all heads ----------------------
 
-  /// Starts a sequence: `budget` tokens kept (≥ sinks), `budget + 1` slots (or `capacity`).
-  void start(const StreamConfig& config) {
+  Granularity granularity() const noexcept { return Granularity::shared; }
+  Recent rule(index_t) const noexcept { return {.sinks = params_.sinks}; }
+
+  // ---- streaming: the oldest non-sink leaves ----------------------------------------------
+
+  struct State {
+    std::vector<token_t> fifo;  ///< Non-sink slots in arrival order (a ring).
+    index_t head = 0, size = 0, sinks_seen = 0;
+  };
+  static constexpr bool reads_rows = false;
+
+  /// A new sequence: `budget` tokens kept (≥ sinks), `budget + 1` slots (or `capacity`).
+  Stream<StreamingLLM> start(const StreamConfig& config) const { return {*this, config}; }
+
+  StreamSetup setup(const StreamConfig& config) const {
     const index_t slots = detail::check_stream_config(config, /*needs_budget=*/true);
     detail::check_protected(config.budget, params_.sinks, "sinks");
-    slots_ = slots;  // nothing changes before every check has passed
-    budget_ = config.budget;
-    table_.start(1, slots_);
-    fifo_.assign(static_cast<std::size_t>(slots_), 0);
-    fifo_head_ = fifo_size_ = sinks_seen_ = 0;
-    append_slots_.assign(static_cast<std::size_t>(config.kv_heads), 0);
-    evicted_.start(1, /*shared=*/true, 1);
+    return {.slots = slots, .shared = true};
   }
-
-  /// The slot (the same for every head) where the token at `position` goes.
-  std::span<const token_t> append(std::int64_t position) {
-    const token_t slot = detail::append_to_slots(table_, append_slots_, position)[0];
-    if (sinks_seen_ < params_.sinks) {
-      ++sinks_seen_;
-    } else {
-      fifo_[static_cast<std::size_t>((fifo_head_ + fifo_size_) % slots_)] = slot;
-      ++fifo_size_;
+  State state(const StreamCore& core) const {
+    return {.fifo = std::vector<token_t>(static_cast<std::size_t>(core.slots()), 0)};
+  }
+  void appended(State& st, StreamCore& core, std::span<const token_t> slots) const noexcept {
+    if (st.sinks_seen < params_.sinks) {
+      ++st.sinks_seen;
+      return;
     }
-    return append_slots_;
+    st.fifo[static_cast<std::size_t>((st.head + st.size) % core.slots())] = slots[0];
+    ++st.size;
   }
-
   /// Evicts the oldest non-sink when more than `budget` tokens are live. Ignores `rows`.
-  Evictions observe(const AttentionRows& /*rows*/) {
-    evicted_.clear();
-    if (table_.size(0) > budget_) {
-      const token_t oldest = fifo_[static_cast<std::size_t>(fifo_head_)];
-      fifo_head_ = (fifo_head_ + 1) % slots_;
-      --fifo_size_;
-      table_.release(0, oldest);
-      evicted_.push(0, oldest);
-    }
-    return evicted_.view();
-  }
-
-  index_t slots() const noexcept { return slots_; }
-  index_t size(index_t /*head*/) const noexcept { return table_.size(0); }
-  std::int64_t position(index_t /*head*/, index_t slot) const noexcept {
-    return table_.position(0, slot);
+  void observed(State& st, StreamCore& core, const AttentionRows&) const noexcept {
+    if (core.size(0) <= core.budget()) return;
+    const token_t oldest = st.fifo[static_cast<std::size_t>(st.head)];
+    st.head = (st.head + 1) % core.slots();
+    --st.size;
+    core.evict(0, oldest);
   }
 
  private:
   Params params_;
-  // Streaming state (one sequence).
-  index_t slots_ = 0, budget_ = 0;
-  detail::SlotTable table_;
-  std::vector<token_t> fifo_;  ///< Non-sink slots in arrival order (a ring).
-  index_t fifo_head_ = 0, fifo_size_ = 0, sinks_seen_ = 0;
-  std::vector<token_t> append_slots_;
-  detail::EvictionList evicted_;
 };
 
 }  // namespace kvevict
