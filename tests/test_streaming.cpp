@@ -1,6 +1,7 @@
 // H2O (hand cases, streaming vs one-shot), the streaming driver, and decode replay.
 // SPDX-License-Identifier: Apache-2.0
 #include <kvevict/eval/replay.hpp>
+#include <kvevict/periodic.hpp>
 
 #include <cmath>
 
@@ -267,6 +268,65 @@ TEST(Replay, EveryNCompressesWhenTheCacheReachesBudgetPlusN) {
                "every: expected at least 1 token between compressions, got 0");
   expect_error([&] { eval::replay(make_policy("h2o"), t.view, 12, {.every = 2}); },
                "every: expected 1: h2o evicts at every step, got 2");
+}
+
+// PeriodicDriver over an engine's own memory (NHD, slots budget + every) keeps exactly what the
+// replay's periodic rule keeps, position for position, and refuses what it cannot drive.
+TEST(PeriodicDriver, MatchesReplayEveryN) {
+  const index_t kv_heads = 2, q_heads = 4, n = 50, d = 8, budget = 12, every = 5, w = 4;
+  Trace t(kv_heads, q_heads, n, d, 3);
+  const auto policy = parse_policy("snapkv:window=4");
+  std::vector<float> kmem(static_cast<std::size_t>((budget + every) * kv_heads * d)),
+      vmem(kmem.size()), key(static_cast<std::size_t>(kv_heads * d)), value(key.size());
+  const KVCache<float> slots(Storage<float>::nhd(kmem.data(), kv_heads, d),
+                             Storage<float>::nhd(vmem.data(), kv_heads, d),
+                             {.kv_heads = kv_heads, .tokens = budget + every, .head_dim = d});
+  PeriodicDriver<float> drv(policy, budget, every, slots);
+  const QueryWindow<float> all(t.q.data(), q_heads, n, d);
+  Workspace ws;
+  index_t compressions = 0;
+  for (index_t pos = 0; pos < n; ++pos) {
+    for (index_t h = 0; h < kv_heads; ++h)
+      for (index_t e = 0; e < d; ++e) {
+        key[static_cast<std::size_t>(h * d + e)] =
+            t.k[static_cast<std::size_t>((h * n + pos) * d + e)];
+        value[static_cast<std::size_t>(h * d + e)] =
+            t.v[static_cast<std::size_t>((h * n + pos) * d + e)];
+      }
+    const token_t slot = drv.append(pos, key, value);
+    EXPECT_EQ(slot, drv.size() - 1);
+    const index_t win = std::min({w, pos + 1, drv.size()});
+    const index_t gone = drv.observe(all.sub(pos + 1 - win, win), ws);
+    if (gone > 0) {
+      ++compressions;
+      EXPECT_EQ(gone, every);
+    }
+    EXPECT_LE(drv.size(), budget + every - 1);
+  }
+  EXPECT_EQ(compressions, 7);  // at positions 16, 21, …, 46
+  EXPECT_EQ(drv.compressions(), 7);
+  const auto r = eval::replay(policy, t.view, budget, {.window = w, .every = every});
+  for (index_t h = 0; h < kv_heads; ++h) {
+    std::vector<std::int64_t> mine;
+    for (index_t s = 0; s < drv.size(); ++s) mine.push_back(drv.position(h, s));
+    EXPECT_EQ(mine, r.kept[static_cast<std::size_t>(h)]) << "head " << h;
+    for (index_t s = 0; s < drv.size(); ++s)  // the memory holds those tokens' keys, bit for bit
+      EXPECT_EQ(slots.key(h, s)[0],
+                t.k[static_cast<std::size_t>((h * n + drv.position(h, s)) * d)]);
+  }
+  // A failed append changes nothing: a full cache must be observed first.
+  PeriodicDriver<float> full(policy, 1, 1, slots.with_tokens(2));
+  full.append(0, key, value);
+  full.append(1, key, value);
+  expect_error(
+      [&] { full.append(2, key, value); },
+      "append: expected a free slot (call observe after every append), got all 2 slots live");
+  EXPECT_EQ(full.size(), 2);
+  expect_error([&] { PeriodicDriver<float>(make_policy("h2o"), budget, every, slots); },
+               "policy: expected a one-shot policy (a streaming one evicts at every step itself), "
+               "got h2o");
+  expect_error([&] { PeriodicDriver<float>(policy, budget, every + 1, slots); },
+               "slots.tokens: expected budget + every (18) slots, got 17");
 }
 
 // The driver over an engine's paged memory and the replay's own slot store feed H2O the same
