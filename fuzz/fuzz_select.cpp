@@ -1,5 +1,5 @@
 // libFuzzer target: view construction + select + compact with fuzzed shapes, strides, page
-// tables, dtypes, values (NaN and inf included), policies, parameters and budgets.
+// tables, dtypes, values (NaN and inf included), policies, parameters, granularities and budgets.
 //
 // Properties checked on every input:
 // - every failure is a kvevict::error whose message starts with "<argument>: expected ";
@@ -200,12 +200,14 @@ void run(FuzzedDataProvider& in) {
       }
     }
     const auto seed = in.ConsumeIntegral<std::uint8_t>();
-    const bool shared = in.ConsumeBool();
-    policy.emplace(make_policy(
-        name, {.settings = settings,
-               .seed = seed,
-               .granularity = shared ? std::optional(Granularity::shared) : std::nullopt,
-               .wo = &*projection}));
+    // The policy's own granularity, or any of them (pages on an unpaged view must be refused).
+    const auto units = all_values(Granularity{});
+    const auto unit = in.ConsumeIntegralInRange<std::size_t>(0, units.size());
+    policy.emplace(
+        make_policy(name, {.settings = settings,
+                           .seed = seed,
+                           .granularity = unit == 0 ? std::nullopt : std::optional(units[unit - 1]),
+                           .wo = &*projection}));
     switch (in.ConsumeIntegralInRange(0, 2)) {
       case 0:
         budget = Budget::tokens(in.ConsumeIntegralInRange<index_t>(-2, tokens + 8));
