@@ -26,31 +26,43 @@ TEST(Granularity, LayersCombineNormalisedScoresByMeanOrMax) {
       {.values = b, .rows = 1, .tokens = 8, .kv_heads = 1, .kind = ScoreRows::kv_heads}};
   Selection sel;
   Workspace ws;
-  choose(layers, {.budget = Budget::tokens(3), .granularity = Granularity::layers}, TopK{}, sel, ws);
+  choose(layers, {.budget = Budget::tokens(3), .granularity = Granularity::layers}, TopK{}, sel,
+         ws);
   ASSERT_TRUE(sel.shared());
   EXPECT_EQ(kept(sel), (std::vector<token_t>{0, 6, 7}));
-  choose(layers, {.budget = Budget::tokens(4), .granularity = Granularity::layers}, TopK{}, sel, ws);
+  choose(layers, {.budget = Budget::tokens(4), .granularity = Granularity::layers}, TopK{}, sel,
+         ws);
   EXPECT_EQ(kept(sel), (std::vector<token_t>{0, 5, 6, 7}));  // .089 (5) beats .054 (3)
   choose(layers,
-         {.budget = Budget::tokens(2), .granularity = Granularity::layers,
+         {.budget = Budget::tokens(2),
+          .granularity = Granularity::layers,
           .combine = LayerCombine::max},
          TopK{}, sel, ws);
   EXPECT_EQ(kept(sel), (std::vector<token_t>{0, 7}));
   // one layer's scores alone: the layers granularity ranks like the shared one
   Selection one, shared;
-  choose(layers[0], {.budget = Budget::tokens(3), .granularity = Granularity::layers}, TopK{}, one, ws);
-  choose(layers[0], {.budget = Budget::tokens(3), .granularity = Granularity::shared}, TopK{}, shared, ws);
+  choose(layers[0], {.budget = Budget::tokens(3), .granularity = Granularity::layers}, TopK{}, one,
+         ws);
+  choose(layers[0], {.budget = Budget::tokens(3), .granularity = Granularity::shared}, TopK{},
+         shared, ws);
   EXPECT_EQ(kept(one), kept(shared));
-  expect_error([&] { choose(std::span<const Scores>(layers), {.budget = Budget::tokens(3)}, TopK{}, sel, ws); },
-               "scores: expected one layer's scores (several only for granularity layers), got 2 layers");
+  expect_error(
+      [&] {
+        choose(std::span<const Scores>(layers), {.budget = Budget::tokens(3)}, TopK{}, sel, ws);
+      },
+      "scores: expected one layer's scores (several only for granularity layers), got 2 layers");
 }
 
 // 12 tokens in pages of 4: [0..3] [4..7] [8..11]. Sinks 1 → page 0 kept; a budget of 8 tokens
 // keeps 2 pages; page sums (candidates only): page 1 = 4, page 2 = 5 → page 2 stays.
 TEST(Granularity, PagesKeepWholePagesAndTheProtectedOnes) {
   const std::vector<float> s{9, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 5};
-  const Scores scores{.values = s, .rows = 1, .tokens = 12, .kv_heads = 2,
-                      .kind = ScoreRows::shared, .protect = {.sinks = 1}};
+  const Scores scores{.values = s,
+                      .rows = 1,
+                      .tokens = 12,
+                      .kv_heads = 2,
+                      .kind = ScoreRows::shared,
+                      .protect = {.sinks = 1}};
   Selection sel;
   Workspace ws;
   choose(scores, {.budget = Budget::tokens(8), .granularity = Granularity::pages, .page_size = 4},
@@ -61,7 +73,9 @@ TEST(Granularity, PagesKeepWholePagesAndTheProtectedOnes) {
   EXPECT_EQ(dropped, (std::vector<index_t>{1}));
   // max instead of sum: page 1 = 1, page 2 = 5 → the same; a budget of 7 keeps ⌊7/4⌋ = 1 page
   choose(scores,
-         {.budget = Budget::tokens(7), .granularity = Granularity::pages, .page_size = 4,
+         {.budget = Budget::tokens(7),
+          .granularity = Granularity::pages,
+          .page_size = 4,
           .page_score = PageScore::max},
          TopK{}, sel, ws);
   EXPECT_EQ(kept(sel), (std::vector<token_t>{0, 1, 2, 3}));
@@ -70,10 +84,12 @@ TEST(Granularity, PagesKeepWholePagesAndTheProtectedOnes) {
   both.protect = {.sinks = 1, .recent = 1};
   expect_error(
       [&] {
-        choose(both, {.budget = Budget::tokens(7), .granularity = Granularity::pages, .page_size = 4},
+        choose(both,
+               {.budget = Budget::tokens(7), .granularity = Granularity::pages, .page_size = 4},
                TopK{}, sel, ws);
       },
-      "budget: expected at least the pages holding protected tokens (2 pages of 4 = 8 tokens), got 7");
+      "budget: expected at least the pages holding protected tokens (2 pages of 4 = 8 tokens), got "
+      "7");
   // a partial last page: 10 tokens in pages of 4 → [0..3] [4..7] [8, 9]
   const std::vector<float> t{0, 0, 0, 0, 1, 1, 1, 1, 3, 3};
   choose(Scores{.values = t, .rows = 1, .tokens = 10, .kv_heads = 1, .kind = ScoreRows::shared},
@@ -85,17 +101,19 @@ TEST(Granularity, PagesKeepWholePagesAndTheProtectedOnes) {
   const auto h = half.add_head(2);
   h[0] = 0;
   h[1] = 5;
-  expect_error([&] { dropped_pages(half, 4, dropped); },
-               "selection: expected whole pages kept or dropped, got page 0 of head 0 keeps 1 of 4 tokens");
+  expect_error(
+      [&] { dropped_pages(half, 4, dropped); },
+      "selection: expected whole pages kept or dropped, got page 0 of head 0 keeps 1 of 4 tokens");
 }
 
 // CORM's threshold keeps a different count per head; `equal` fills the others up by their own
 // scores to the largest count (vLLM keeps one length per layer).
 TEST(Granularity, EqualCountsFillHeadsUpToTheLargest) {
   // head 0: 3 important (score ≥ 1), head 1: 1 important; r = 0, no cap
-  const std::vector<float> s{1.5f, 0.2f, 2.0f, 1.0f, 0.1f, 0.3f,   // head 0
+  const std::vector<float> s{1.5f, 0.2f, 2.0f, 1.0f, 0.1f, 0.3f,    // head 0
                              0.1f, 0.9f, 0.2f, 0.3f, 1.2f, 0.05f};  // head 1
-  const Scores scores{.values = s, .rows = 2, .tokens = 6, .kv_heads = 2, .kind = ScoreRows::kv_heads};
+  const Scores scores{
+      .values = s, .rows = 2, .tokens = 6, .kv_heads = 2, .kind = ScoreRows::kv_heads};
   const CORM corm({.w = 4, .r = 0});
   Selection per_head, equal;
   Workspace ws;
@@ -103,19 +121,25 @@ TEST(Granularity, EqualCountsFillHeadsUpToTheLargest) {
          per_head, ws);
   EXPECT_EQ(kept(per_head, 0), (std::vector<token_t>{0, 2, 3}));
   EXPECT_EQ(kept(per_head, 1), (std::vector<token_t>{4}));
-  choose(scores, {.budget = Budget::none(), .granularity = Granularity::equal}, corm.rule(6), equal, ws);
+  choose(scores, {.budget = Budget::none(), .granularity = Granularity::equal}, corm.rule(6), equal,
+         ws);
   EXPECT_EQ(kept(equal, 0), (std::vector<token_t>{0, 2, 3}));
   EXPECT_EQ(kept(equal, 1), (std::vector<token_t>{1, 3, 4}));  // + its next best: .9 and .3
   // and AdaKV budgets are per_head only: equal keeps every head at the budget
   const std::vector<float> t{9, 8, 7, 6, 0, 0, 1, 1, 1, 1, 1, 1};
-  const Scores flat{.values = t, .rows = 2, .tokens = 6, .kv_heads = 2, .kind = ScoreRows::kv_heads};
-  choose(flat, {.budget = Budget::tokens(3), .granularity = Granularity::equal,
-                .adaptive = AdaptiveBudgets{.alpha = 0.0}},
+  const Scores flat{
+      .values = t, .rows = 2, .tokens = 6, .kv_heads = 2, .kind = ScoreRows::kv_heads};
+  choose(flat,
+         {.budget = Budget::tokens(3),
+          .granularity = Granularity::equal,
+          .adaptive = AdaptiveBudgets{.alpha = 0.0}},
          TopK{}, equal, ws);
   EXPECT_EQ(equal.size(0), 3);
   EXPECT_EQ(equal.size(1), 3);
-  choose(flat, {.budget = Budget::tokens(3), .granularity = Granularity::per_head,
-                .adaptive = AdaptiveBudgets{.alpha = 0.0}},
+  choose(flat,
+         {.budget = Budget::tokens(3),
+          .granularity = Granularity::per_head,
+          .adaptive = AdaptiveBudgets{.alpha = 0.0}},
          TopK{}, per_head, ws);
   EXPECT_NE(per_head.size(0), per_head.size(1));  // ragged: head 0's mass is concentrated
 }
@@ -142,10 +166,11 @@ TEST(Granularity, EveryScoringPolicyOffersEveryGranularityOnEveryLayout) {
         ++checked;
         continue;
       }
-      const AnyPolicy policy =
-          make_policy(P::name, {.settings = small_settings<P>(), .seed = 3, .granularity = g, .wo = &wo});
+      const AnyPolicy policy = make_policy(
+          P::name, {.settings = small_settings<P>(), .seed = 3, .granularity = g, .wo = &wo});
       for (const Layout layout : all_layouts) {
-        SCOPED_TRACE(std::string(P::name) + " " + std::string(to_string(g)) + " " + layout_name(layout));
+        SCOPED_TRACE(std::string(P::name) + " " + std::string(to_string(g)) + " " +
+                     layout_name(layout));
         auto c = make_cache<float>(layout, kv_heads, n, d, d, 17, 8);
         const QueryWindow<float> window(q.data(), q_heads, w, d);
         const bool paged = c.kv().paged();  // cells too: a gather is pages of one token
@@ -178,8 +203,9 @@ TEST(Granularity, EveryScoringPolicyOffersEveryGranularityOnEveryLayout) {
           const auto k = sel.kept(h);
           for (std::size_t i = 0; i < k.size(); ++i)
             for (index_t e = 0; e < d; ++e)
-              ASSERT_EQ(c.kv().key(h, static_cast<index_t>(i))[static_cast<std::size_t>(e)],
-                        from_bits<float>(before[static_cast<std::size_t>(((h * n + k[i]) * 2) * d + e)]));
+              ASSERT_EQ(
+                  c.kv().key(h, static_cast<index_t>(i))[static_cast<std::size_t>(e)],
+                  from_bits<float>(before[static_cast<std::size_t>(((h * n + k[i]) * 2) * d + e)]));
           EXPECT_EQ(r.lengths[static_cast<std::size_t>(h)], sel.size(h));
         }
       }
@@ -205,14 +231,18 @@ TEST(Granularity, LayersGiveOneSetForEveryLayer) {
   const SnapKV snap({.window = w, .granularity = Granularity::layers});
   Workspace ws;
   std::vector<Scores> layers;
-  for (auto& c : caches) layers.push_back(snap.score(c.kv(), QueryWindow<float>(q.data(), 4, w, d), Granularity::layers, ws));
+  for (auto& c : caches)
+    layers.push_back(
+        snap.score(c.kv(), QueryWindow<float>(q.data(), 4, w, d), Granularity::layers, ws));
   Selection sel;
-  choose(std::span<const Scores>(layers), {.budget = Budget::tokens(20), .granularity = Granularity::layers},
-         snap.rule(n), sel, ws);
+  choose(std::span<const Scores>(layers),
+         {.budget = Budget::tokens(20), .granularity = Granularity::layers}, snap.rule(n), sel, ws);
   ASSERT_TRUE(sel.shared());
   EXPECT_EQ(sel.size(0), 20);
   // the window of every layer is protected in the combined set
-  for (index_t t = n - w; t < n; ++t) EXPECT_TRUE(std::binary_search(sel.kept(0).begin(), sel.kept(0).end(), static_cast<token_t>(t)));
+  for (index_t t = n - w; t < n; ++t)
+    EXPECT_TRUE(
+        std::binary_search(sel.kept(0).begin(), sel.kept(0).end(), static_cast<token_t>(t)));
 }
 
 }  // namespace

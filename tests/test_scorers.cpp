@@ -31,7 +31,8 @@ std::vector<token_t> top(const std::vector<double>& score, index_t b) {
 struct Layer {
   index_t kv, qh, n, d, w;
   std::vector<float> k, v, q;
-  Layer(index_t kv_heads, index_t q_heads, index_t tokens, index_t dim, index_t window, std::uint64_t seed)
+  Layer(index_t kv_heads, index_t q_heads, index_t tokens, index_t dim, index_t window,
+        std::uint64_t seed)
       : kv(kv_heads), qh(q_heads), n(tokens), d(dim), w(window) {
     std::mt19937_64 rng(seed);
     std::normal_distribution<float> normal;
@@ -41,7 +42,9 @@ struct Layer {
     for (auto* x : {&k, &v, &q})
       for (float& e : *x) e = normal(rng);
   }
-  KVCache<float> view() { return {Storage<float>::hnd(k.data(), n, d), Storage<float>::hnd(v.data(), n, d), {kv, n, d}}; }
+  KVCache<float> view() {
+    return {Storage<float>::hnd(k.data(), n, d), Storage<float>::hnd(v.data(), n, d), {kv, n, d}};
+  }
   QueryWindow<float> queries() const { return {q.data(), qh, w, d}; }
   const float* key(index_t h, index_t t) const { return k.data() + (h * n + t) * d; }
   const float* value(index_t h, index_t t) const { return v.data() + (h * n + t) * d; }
@@ -59,7 +62,8 @@ double norm(const float* x, index_t d) {
 TEST(KNorm, KeepsTheSmallestKeysTiesToTheRecent) {
   // one head, d 2: norms 3, 1, 2, 1 → B 2 keeps {1, 3}; B 1: the tie keeps the recent 3
   std::vector<float> k{3, 0, 0, 1, 2, 0, 1, 0}, v(8);
-  const KVCache<float> kv(Storage<float>::hnd(k.data(), 4, 2), Storage<float>::hnd(v.data(), 4, 2), {1, 4, 2});
+  const KVCache<float> kv(Storage<float>::hnd(k.data(), 4, 2), Storage<float>::hnd(v.data(), 4, 2),
+                          {1, 4, 2});
   const std::vector<float> q(2, 0.0f);
   Selection sel;
   Workspace ws;
@@ -84,12 +88,15 @@ TEST(KNorm, EqualsTheFormulaOnRandomKeys) {
 // -- KeyDiff ---------------------------------------------------------------------------------
 
 /// kvpress: anchor = mean(normalize(k)); score = −cosine_similarity(k, anchor).
-std::vector<double> keydiff_reference(const Layer& l, index_t h, const std::vector<index_t>& tokens) {
+std::vector<double> keydiff_reference(const Layer& l, index_t h,
+                                      const std::vector<index_t>& tokens) {
   const index_t d = l.d;
   std::vector<double> anchor(static_cast<std::size_t>(d), 0.0);
   for (index_t t : tokens) {
     const double nk = std::max(norm(l.key(h, t), d), 1e-12);
-    for (index_t i = 0; i < d; ++i) anchor[static_cast<std::size_t>(i)] += l.key(h, t)[i] / nk / static_cast<double>(tokens.size());
+    for (index_t i = 0; i < d; ++i)
+      anchor[static_cast<std::size_t>(i)] +=
+          l.key(h, t)[i] / nk / static_cast<double>(tokens.size());
   }
   double na = 0;
   for (double a : anchor) na += a * a;
@@ -98,7 +105,8 @@ std::vector<double> keydiff_reference(const Layer& l, index_t h, const std::vect
   for (index_t t : tokens) {
     const double nk = std::max(norm(l.key(h, t), d), 1e-8);
     double dot = 0;
-    for (index_t i = 0; i < d; ++i) dot += l.key(h, t)[i] / nk * anchor[static_cast<std::size_t>(i)] / na;
+    for (index_t i = 0; i < d; ++i)
+      dot += l.key(h, t)[i] / nk * anchor[static_cast<std::size_t>(i)] / na;
     out.push_back(-dot);
   }
   return out;
@@ -113,7 +121,8 @@ TEST(KeyDiff, EqualsTheFormulaOnRandomAndStructuredKeys) {
   KeyDiff().select(l.view(), l.queries(), Budget::tokens(40), sel, ws);
   std::vector<index_t> all(static_cast<std::size_t>(l.n));
   std::iota(all.begin(), all.end(), 0);
-  for (index_t h = 0; h < 2; ++h) EXPECT_EQ(kept(sel, h), top(keydiff_reference(l, h, all), 40)) << h;
+  for (index_t h = 0; h < 2; ++h)
+    EXPECT_EQ(kept(sel, h), top(keydiff_reference(l, h, all), 40)) << h;
 }
 
 TEST(KeyDiff, BlockFormEqualsBlockPress) {
@@ -145,13 +154,14 @@ TEST(KeyDiff, BlockFormEqualsBlockPress) {
 /// kvpress in matrix form: R_t = diag(cos) + diag(sin)·P for the neox pairs, R̄ = mean_t R_t;
 /// μ' = R̄μ, Σ' = R̄ΣR̄ᵀ from the pre-RoPE queries; softmax over non-sink keys of
 /// μ'·k/√d + kᵀΣ'k/2d; group mean; × ‖v‖.
-std::vector<double> expected_attention_reference(const Layer& l, index_t kvh, index_t n_future, index_t sinks,
-                                                 double base) {
+std::vector<double> expected_attention_reference(const Layer& l, index_t kvh, index_t n_future,
+                                                 index_t sinks, double base) {
   const index_t d = l.d, half = d / 2, g = l.qh / l.kv, n = l.n;
   auto rot = [&](index_t pos) {  // R(pos) as a d×d matrix, neox pairs
     std::vector<double> r(static_cast<std::size_t>(d * d), 0.0);
     for (index_t i = 0; i < half; ++i) {
-      const double th = static_cast<double>(pos) * std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(d));
+      const double th = static_cast<double>(pos) *
+                        std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(d));
       r[static_cast<std::size_t>(i * d + i)] = std::cos(th);
       r[static_cast<std::size_t>(i * d + i + half)] = -std::sin(th);
       r[static_cast<std::size_t>((i + half) * d + i)] = std::sin(th);
@@ -173,27 +183,39 @@ std::vector<double> expected_attention_reference(const Layer& l, index_t kvh, in
       const auto r = rot(-pos);
       std::vector<double> q(static_cast<std::size_t>(d), 0.0);
       for (index_t a = 0; a < d; ++a)
-        for (index_t b = 0; b < d; ++b) q[static_cast<std::size_t>(a)] += r[static_cast<std::size_t>(a * d + b)] * l.query(h, i)[b];
+        for (index_t b = 0; b < d; ++b)
+          q[static_cast<std::size_t>(a)] +=
+              r[static_cast<std::size_t>(a * d + b)] * l.query(h, i)[b];
       pre.push_back(q);
     }
     const double N = static_cast<double>(pre.size());
-    std::vector<double> mu(static_cast<std::size_t>(d), 0.0), cov(static_cast<std::size_t>(d * d), 0.0);
+    std::vector<double> mu(static_cast<std::size_t>(d), 0.0),
+        cov(static_cast<std::size_t>(d * d), 0.0);
     for (const auto& q : pre)
-      for (index_t a = 0; a < d; ++a) mu[static_cast<std::size_t>(a)] += q[static_cast<std::size_t>(a)] / N;
+      for (index_t a = 0; a < d; ++a)
+        mu[static_cast<std::size_t>(a)] += q[static_cast<std::size_t>(a)] / N;
     for (const auto& q : pre)
       for (index_t a = 0; a < d; ++a)
         for (index_t b = 0; b < d; ++b)
-          cov[static_cast<std::size_t>(a * d + b)] += (q[static_cast<std::size_t>(a)] - mu[static_cast<std::size_t>(a)]) *
-                                                      (q[static_cast<std::size_t>(b)] - mu[static_cast<std::size_t>(b)]) / N;
-    std::vector<double> mu2(static_cast<std::size_t>(d), 0.0), rc(cov.size(), 0.0), c2(cov.size(), 0.0);
-    for (index_t a = 0; a < d; ++a)
-      for (index_t b = 0; b < d; ++b) mu2[static_cast<std::size_t>(a)] += rbar[static_cast<std::size_t>(a * d + b)] * mu[static_cast<std::size_t>(b)];
-    for (index_t a = 0; a < d; ++a)
-      for (index_t b = 0; b < d; ++b)
-        for (index_t c = 0; c < d; ++c) rc[static_cast<std::size_t>(a * d + b)] += rbar[static_cast<std::size_t>(a * d + c)] * cov[static_cast<std::size_t>(c * d + b)];
+          cov[static_cast<std::size_t>(a * d + b)] +=
+              (q[static_cast<std::size_t>(a)] - mu[static_cast<std::size_t>(a)]) *
+              (q[static_cast<std::size_t>(b)] - mu[static_cast<std::size_t>(b)]) / N;
+    std::vector<double> mu2(static_cast<std::size_t>(d), 0.0), rc(cov.size(), 0.0),
+        c2(cov.size(), 0.0);
     for (index_t a = 0; a < d; ++a)
       for (index_t b = 0; b < d; ++b)
-        for (index_t c = 0; c < d; ++c) c2[static_cast<std::size_t>(a * d + b)] += rc[static_cast<std::size_t>(a * d + c)] * rbar[static_cast<std::size_t>(b * d + c)];
+        mu2[static_cast<std::size_t>(a)] +=
+            rbar[static_cast<std::size_t>(a * d + b)] * mu[static_cast<std::size_t>(b)];
+    for (index_t a = 0; a < d; ++a)
+      for (index_t b = 0; b < d; ++b)
+        for (index_t c = 0; c < d; ++c)
+          rc[static_cast<std::size_t>(a * d + b)] +=
+              rbar[static_cast<std::size_t>(a * d + c)] * cov[static_cast<std::size_t>(c * d + b)];
+    for (index_t a = 0; a < d; ++a)
+      for (index_t b = 0; b < d; ++b)
+        for (index_t c = 0; c < d; ++c)
+          c2[static_cast<std::size_t>(a * d + b)] +=
+              rc[static_cast<std::size_t>(a * d + c)] * rbar[static_cast<std::size_t>(b * d + c)];
     std::vector<double> s(static_cast<std::size_t>(n), 0.0);
     double mx = -INFINITY;
     for (index_t t = sinks; t < n; ++t) {
@@ -201,16 +223,19 @@ std::vector<double> expected_attention_reference(const Layer& l, index_t kvh, in
       double lin = 0, quad = 0;
       for (index_t a = 0; a < d; ++a) {
         lin += mu2[static_cast<std::size_t>(a)] * k[a];
-        for (index_t b = 0; b < d; ++b) quad += k[a] * c2[static_cast<std::size_t>(a * d + b)] * k[b];
+        for (index_t b = 0; b < d; ++b)
+          quad += k[a] * c2[static_cast<std::size_t>(a * d + b)] * k[b];
       }
       s[static_cast<std::size_t>(t)] = lin / std::sqrt(static_cast<double>(d)) + quad / (2.0 * d);
       mx = std::max(mx, s[static_cast<std::size_t>(t)]);
     }
     double sum = 0;
     for (index_t t = sinks; t < n; ++t) sum += std::exp(s[static_cast<std::size_t>(t)] - mx);
-    for (index_t t = sinks; t < n; ++t) total[static_cast<std::size_t>(t)] += std::exp(s[static_cast<std::size_t>(t)] - mx) / sum / g;
+    for (index_t t = sinks; t < n; ++t)
+      total[static_cast<std::size_t>(t)] += std::exp(s[static_cast<std::size_t>(t)] - mx) / sum / g;
   }
-  for (index_t t = sinks; t < n; ++t) total[static_cast<std::size_t>(t)] *= norm(l.value(kvh, t), d);
+  for (index_t t = sinks; t < n; ++t)
+    total[static_cast<std::size_t>(t)] *= norm(l.value(kvh, t), d);
   for (index_t t = 0; t < sinks; ++t) total[static_cast<std::size_t>(t)] = 1e300;  // protected
   return total;
 }
@@ -224,10 +249,13 @@ TEST(ExpectedAttention, EqualsTheMatrixFormOfTheFormula) {
     EXPECT_EQ(kept(sel, h), top(expected_attention_reference(l, h, 64, 4, 10000.0), 30)) << h;
   // the scores themselves, within fp32 accumulation error
   Workspace::Frame frame(ws);
-  const Scores s = ExpectedAttention({.n_future = 64}).score(l.view(), l.queries(), Granularity::per_head, ws);
+  const Scores s =
+      ExpectedAttention({.n_future = 64}).score(l.view(), l.queries(), Granularity::per_head, ws);
   const auto ref = expected_attention_reference(l, 1, 64, 4, 10000.0);
   for (index_t t = 4; t < l.n; ++t)
-    EXPECT_NEAR(s.values[static_cast<std::size_t>(l.n + t)], ref[static_cast<std::size_t>(t)], 2e-5 * ref[static_cast<std::size_t>(t)] + 1e-7) << t;
+    EXPECT_NEAR(s.values[static_cast<std::size_t>(l.n + t)], ref[static_cast<std::size_t>(t)],
+                2e-5 * ref[static_cast<std::size_t>(t)] + 1e-7)
+        << t;
 }
 
 // -- LagKV -----------------------------------------------------------------------------------
@@ -246,7 +274,8 @@ std::vector<double> lagkv_reference(const Layer& l, index_t h, index_t sink, ind
         std::vector<double> z;
         for (index_t c = 0; c < d; ++c) {
           double lo = INFINITY, hi = -INFINITY;
-          for (index_t t = b + lag; t < b + 2 * lag; ++t) lo = std::min<double>(lo, x(t, c)), hi = std::max<double>(hi, x(t, c));
+          for (index_t t = b + lag; t < b + 2 * lag; ++t)
+            lo = std::min<double>(lo, x(t, c)), hi = std::max<double>(hi, x(t, c));
           z.push_back((x(b + i, c) - lo) / (hi - lo));
         }
         const double mean = std::accumulate(z.begin(), z.end(), 0.0) / d;
@@ -257,12 +286,17 @@ std::vector<double> lagkv_reference(const Layer& l, index_t h, index_t sink, ind
       const double mx = *std::max_element(s.begin(), s.end());
       double sum = 0;
       for (double& e : s) sum += e = std::exp(e - mx);
-      for (index_t i = 0; i < lag; ++i) sc[static_cast<std::size_t>(i)] += s[static_cast<std::size_t>(i)] / sum / 2;
+      for (index_t i = 0; i < lag; ++i)
+        sc[static_cast<std::size_t>(i)] += s[static_cast<std::size_t>(i)] / sum / 2;
     }
     std::vector<index_t> order(static_cast<std::size_t>(lag));
     std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](index_t a, index_t b) { return sc[static_cast<std::size_t>(a)] < sc[static_cast<std::size_t>(b)]; });
-    for (index_t r = 0; r < lag; ++r) out[static_cast<std::size_t>(sink + p * lag + order[static_cast<std::size_t>(r)])] = static_cast<double>(r) / lag;
+    std::stable_sort(order.begin(), order.end(), [&](index_t a, index_t b) {
+      return sc[static_cast<std::size_t>(a)] < sc[static_cast<std::size_t>(b)];
+    });
+    for (index_t r = 0; r < lag; ++r)
+      out[static_cast<std::size_t>(sink + p * lag + order[static_cast<std::size_t>(r)])] =
+          static_cast<double>(r) / lag;
   }
   return out;
 }
@@ -272,7 +306,8 @@ TEST(LagKV, EqualsTheFormula) {
   Selection sel;
   Workspace ws;
   LagKV({.lag = 16}).select(l.view(), l.queries(), Budget::tokens(50), sel, ws);
-  for (index_t h = 0; h < 2; ++h) EXPECT_EQ(kept(sel, h), top(lagkv_reference(l, h, 4, 16), 50)) << h;
+  for (index_t h = 0; h < 2; ++h)
+    EXPECT_EQ(kept(sel, h), top(lagkv_reference(l, h, 4, 16), 50)) << h;
 }
 
 TEST(LagKV, ShortCacheKeepsSinksThenTheMostRecent) {

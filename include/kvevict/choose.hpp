@@ -29,16 +29,16 @@
 
 #include <algorithm>
 #include <array>
-#include <limits>
-#include <vector>
 #include <cmath>
 #include <concepts>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <optional>
 #include <span>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "budget.hpp"
 #include "error.hpp"
@@ -122,8 +122,12 @@ constexpr std::array<LayerCombine, 2> all_values(LayerCombine) {
 
 /// How `Granularity::pages` scores a page from its tokens' scores.
 enum class PageScore { sum, max };
-constexpr std::string_view to_string(PageScore c) { return c == PageScore::sum ? "sum" : "max"; }
-constexpr std::array<PageScore, 2> all_values(PageScore) { return {PageScore::sum, PageScore::max}; }
+constexpr std::string_view to_string(PageScore c) {
+  return c == PageScore::sum ? "sum" : "max";
+}
+constexpr std::array<PageScore, 2> all_values(PageScore) {
+  return {PageScore::sum, PageScore::max};
+}
 
 /// How `choose` spends a budget.
 struct Choice {
@@ -224,17 +228,19 @@ namespace detail {
 /// Adds layer `scores`' one-row reduction of `channel`, normalised over the candidates
 /// [first, last) to a distribution — shifted by its minimum, divided by its sum (a constant row
 /// becomes uniform) — into `out` by mean (weight 1/L) or max. Protected tokens are left 0.
-inline void combine_layer(std::span<const float> row, index_t first, index_t last,
-                          LayerCombine how, double weight, bool first_layer, std::span<float> out) {
+inline void combine_layer(std::span<const float> row, index_t first, index_t last, LayerCombine how,
+                          double weight, bool first_layer, std::span<float> out) {
   float lo = std::numeric_limits<float>::infinity();
   for (index_t j = first; j < last; ++j) lo = std::min(lo, row[static_cast<std::size_t>(j)]);
   double sum = 0;
-  for (index_t j = first; j < last; ++j) sum += static_cast<double>(row[static_cast<std::size_t>(j)]) - lo;
+  for (index_t j = first; j < last; ++j)
+    sum += static_cast<double>(row[static_cast<std::size_t>(j)]) - lo;
   const index_t m = last - first;
   for (index_t j = 0; j < static_cast<index_t>(out.size()); ++j) {
     float v = 0.0f;
     if (j >= first && j < last)
-      v = sum > 0 ? static_cast<float>((static_cast<double>(row[static_cast<std::size_t>(j)]) - lo) / sum)
+      v = sum > 0 ? static_cast<float>(
+                        (static_cast<double>(row[static_cast<std::size_t>(j)]) - lo) / sum)
                   : static_cast<float>(1.0 / static_cast<double>(m));
     float& o = out[static_cast<std::size_t>(j)];
     if (first_layer)
@@ -303,9 +309,10 @@ void choose(std::span<const Scores> layers, const Choice& choice, const R& rule,
   for (const Scores& scores : layers) {
     scores.validate();
     if (scores.tokens != n || scores.kv_heads != kv_heads)
-      detail::fail("scores", detail::cat("every layer over the same ", n, " tokens and ", kv_heads,
-                                         " KV heads"),
-                   scores.tokens, " tokens, ", scores.kv_heads, " KV heads");
+      detail::fail(
+          "scores",
+          detail::cat("every layer over the same ", n, " tokens and ", kv_heads, " KV heads"),
+          scores.tokens, " tokens, ", scores.kv_heads, " KV heads");
     if constexpr (R::reads_scores)
       if (scores.values.empty())
         detail::fail("scores.values", "scores for this rule (it ranks tokens by them)", "none");
@@ -327,7 +334,8 @@ void choose(std::span<const Scores> layers, const Choice& choice, const R& rule,
     detail::require(choice.adaptive->alpha >= 0.0 && choice.adaptive->alpha <= 1.0,
                     "alpha_safeguard", "a fraction in [0, 1]", choice.adaptive->alpha);
   Workspace::Frame frame(ws);
-  const index_t first_c = std::min(protect.sinks, n), last_c = std::max(first_c, n - protect.recent);
+  const index_t first_c = std::min(protect.sinks, n),
+                last_c = std::max(first_c, n - protect.recent);
   // The rows the rule ranks: one per KV head, or one.
   std::span<const float> first, second;
   const auto reduce = [&](const Scores& s, bool second_channel) {
@@ -384,8 +392,14 @@ void choose(std::span<const Scores> layers, const Choice& choice, const R& rule,
     std::fill(page_keep.begin(), page_keep.end(), std::uint8_t{0});
     keep_range(page_keep, 0, std::min(pp.sinks, pages));
     keep_range(page_keep, std::max<index_t>(0, pages - pp.recent), pages);
-    rule.pick({.score = ps, .second = ps2, .n = pages, .head = 0, .layer = layer,
-               .budget = page_budget, .protect = pp, .marked = page_marked},
+    rule.pick({.score = ps,
+               .second = ps2,
+               .n = pages,
+               .head = 0,
+               .layer = layer,
+               .budget = page_budget,
+               .protect = pp,
+               .marked = page_marked},
               page_keep, ws);
     const auto keep = ws.take<std::uint8_t>(n);
     for (index_t j = 0; j < n; ++j)
@@ -450,13 +464,15 @@ inline void dropped_pages(const Selection& sel, index_t page_size, std::vector<i
     std::vector<index_t> count(static_cast<std::size_t>(pages), 0);
     for (token_t t : sel.kept(h)) ++count[static_cast<std::size_t>(t / page_size)];
     for (index_t q = 0; q < pages; ++q) {
-      const index_t full = std::min(page_size, n - q * page_size), c = count[static_cast<std::size_t>(q)];
+      const index_t full = std::min(page_size, n - q * page_size),
+                    c = count[static_cast<std::size_t>(q)];
       if (c != 0 && c != full)
         detail::fail("selection", "whole pages kept or dropped", "page ", q, " of head ", h,
                      " keeps ", c, " of ", full, " tokens");
       if (h == 0 && c == 0) out.push_back(q);
       if (h > 0 && (c == 0) != std::binary_search(out.begin(), out.end(), q))
-        detail::fail("selection", "the same pages for every head", "head ", h, " differs at page ", q);
+        detail::fail("selection", "the same pages for every head", "head ", h, " differs at page ",
+                     q);
     }
   }
 }

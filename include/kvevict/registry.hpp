@@ -50,9 +50,8 @@
 namespace kvevict {
 
 /// A policy of any kind, configured. Adding a policy: its header, and its type here.
-using AnyPolicy =
-    std::variant<StreamingLLM, RandomEviction, SnapKV, TOVA, H2O, NACL, CriticalKV, CORM, Cascade,
-                 KNorm, KeyDiff, ExpectedAttention, LagKV>;
+using AnyPolicy = std::variant<StreamingLLM, RandomEviction, SnapKV, TOVA, H2O, NACL, CriticalKV,
+                               CORM, Cascade, KNorm, KeyDiff, ExpectedAttention, LagKV>;
 
 /// `key=value` parameter settings, in order.
 using Settings = std::vector<std::pair<std::string, std::string>>;

@@ -220,12 +220,13 @@ inline void place_shard(const Scores& local, Shard shard, std::span<float> all) 
   if (local.kind == ScoreRows::shared)
     detail::fail("scores.kind", "per-head rows (query_heads or kv_heads) to share between ranks",
                  "shared");
-  detail::require(shard.first_kv_head >= 0 &&
-                      shard.first_kv_head + local.kv_heads <= shard.total_kv_heads,
-                  "shard", detail::cat("KV heads within the layer's ", shard.total_kv_heads),
-                  shard.first_kv_head);
+  detail::require(
+      shard.first_kv_head >= 0 && shard.first_kv_head + local.kv_heads <= shard.total_kv_heads,
+      "shard", detail::cat("KV heads within the layer's ", shard.total_kv_heads),
+      shard.first_kv_head);
   if (static_cast<index_t>(all.size()) != scores_size(local, shard))
-    detail::fail("all", detail::cat("scores_size (", scores_size(local, shard), ") floats"), all.size());
+    detail::fail("all", detail::cat("scores_size (", scores_size(local, shard), ") floats"),
+                 all.size());
   std::fill(all.begin(), all.end(), 0.0f);
   const index_t g = local.rows / local.kv_heads, n = local.tokens;
   const index_t total_rows = shard.total_kv_heads * g, first_row = shard.first_kv_head * g;

@@ -148,7 +148,8 @@ inline Row run(const Layer& layer, const AnyPolicy& policy, Budget budget, Mode 
     // The fastest of three calls: the first sizes the workspace, the next touch its pages.
     row.time_ms = std::numeric_limits<double>::infinity();
     const auto one = [&] {
-      if (granularity_of(policy) != Granularity::pages) return select(policy, kv, window, budget, sel, ws);
+      if (granularity_of(policy) != Granularity::pages)
+        return select(policy, kv, window, budget, sel, ws);
       std::visit(
           [&](const auto& p) {
             if constexpr (decltype(p.rule(0))::reads_scores) {

@@ -33,8 +33,12 @@ enum class RopeStyle {
   gptj,  ///< Pairs (2k, 2k + 1): GPT-J, llama.cpp `LLAMA_ROPE_TYPE_NORM`.
 };
 
-constexpr std::string_view to_string(RopeStyle s) { return s == RopeStyle::neox ? "neox" : "gptj"; }
-constexpr std::array<RopeStyle, 2> all_values(RopeStyle) { return {RopeStyle::neox, RopeStyle::gptj}; }
+constexpr std::string_view to_string(RopeStyle s) {
+  return s == RopeStyle::neox ? "neox" : "gptj";
+}
+constexpr std::array<RopeStyle, 2> all_values(RopeStyle) {
+  return {RopeStyle::neox, RopeStyle::gptj};
+}
 
 /// RoPE parameters of the model whose keys are shifted.
 struct Rope {

@@ -90,8 +90,7 @@ class Cascade : public OneShot<Cascade> {
             param<&Params::beta>("beta", "[0, 1)", "EMA decay of the attention scores"),
             param<&Params::reduce>("reduce", "", "GQA reduction: max, mean or sum"),
             param<&Params::stride>("stride", "≥ 1", "prefill chunk length"),
-            param<&Params::granularity>("granularity", "",
-                                        "per_head, equal, shared or layers")};
+            param<&Params::granularity>("granularity", "", "per_head, equal, shared or layers")};
   }
 
   Cascade() : Cascade(Params{}) {}

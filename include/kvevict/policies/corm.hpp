@@ -177,9 +177,7 @@ class CORM : public OneShot<CORM> {
     detail::require(limit_for(slots) >= std::max<index_t>(params_.r, 1), "capacity",
                     detail::cat("room for r (", params_.r, ") tokens and the next one"),
                     config.capacity);
-    return {.slots = slots,
-            .shared = one_set(params_.granularity),
-            .max_evictions = slots};
+    return {.slots = slots, .shared = one_set(params_.granularity), .max_evictions = slots};
   }
   State state(const StreamCore& core) const {
     return {std::vector<std::int64_t>(static_cast<std::size_t>(core.stored() * core.slots()), -1),

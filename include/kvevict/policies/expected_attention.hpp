@@ -30,12 +30,12 @@ namespace kvevict {
 
 /// Parameters of `ExpectedAttention` (kvpress's defaults).
 struct ExpectedAttentionParams {
-  index_t n_future = 512;       ///< future positions the expectation averages over
-  index_t n_sink = 4;           ///< first tokens: always kept, their queries not in the statistics
-  bool use_covariance = true;   ///< the second-order term kᵀΣ'k / 2d
-  bool use_vnorm = true;        ///< weigh by ‖v‖₂
-  double epsilon = 0.0;         ///< added before the ‖v‖ weighting
-  double rope_base = 10000.0;   ///< the model's RoPE θ base
+  index_t n_future = 512;      ///< future positions the expectation averages over
+  index_t n_sink = 4;          ///< first tokens: always kept, their queries not in the statistics
+  bool use_covariance = true;  ///< the second-order term kᵀΣ'k / 2d
+  bool use_vnorm = true;       ///< weigh by ‖v‖₂
+  double epsilon = 0.0;        ///< added before the ‖v‖ weighting
+  double rope_base = 10000.0;  ///< the model's RoPE θ base
   RopeStyle rope_style = RopeStyle::neox;  ///< HF pairs (k, k + d/2); llama.cpp: gptj
   Granularity granularity = Granularity::per_head;
 };
@@ -74,23 +74,25 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
       .summary = "attention expected from future queries' statistics (Devoto et al. 2025)",
       .reads = reads_keys | reads_queries | reads_values};
   static std::vector<Parameter<Params>> parameters() {
-    return {param<&Params::n_future>("n_future", "≥ 1", "future positions averaged over"),
-            param<&Params::n_sink>("n_sink", "≥ 0", "first tokens kept, left out of the statistics"),
-            param<&Params::use_covariance>("use_covariance", "", "the second-order term"),
-            param<&Params::use_vnorm>("use_vnorm", "", "weigh by the value norm"),
-            param<&Params::epsilon>("epsilon", "≥ 0", "added before the value-norm weighting"),
-            param<&Params::rope_base>("rope_base", "> 1", "the model's RoPE base"),
-            param<&Params::rope_style>("rope_style", "", "neox (HF) or gptj (llama.cpp)"),
-            param<&Params::granularity>("granularity", "", "per_head, equal, shared, layers or pages")};
+    return {
+        param<&Params::n_future>("n_future", "≥ 1", "future positions averaged over"),
+        param<&Params::n_sink>("n_sink", "≥ 0", "first tokens kept, left out of the statistics"),
+        param<&Params::use_covariance>("use_covariance", "", "the second-order term"),
+        param<&Params::use_vnorm>("use_vnorm", "", "weigh by the value norm"),
+        param<&Params::epsilon>("epsilon", "≥ 0", "added before the value-norm weighting"),
+        param<&Params::rope_base>("rope_base", "> 1", "the model's RoPE base"),
+        param<&Params::rope_style>("rope_style", "", "neox (HF) or gptj (llama.cpp)"),
+        param<&Params::granularity>("granularity", "", "per_head, equal, shared, layers or pages")};
   }
 
   ExpectedAttention() : ExpectedAttention(Params{}) {}
   explicit ExpectedAttention(const Params& p) : params_(p) {
     detail::require(p.n_future >= 1, "n_future", "n_future >= 1", p.n_future);
     detail::require(p.n_sink >= 0, "n_sink", "n_sink >= 0", p.n_sink);
-    detail::require(std::isfinite(p.epsilon) && p.epsilon >= 0.0, "epsilon", "epsilon >= 0", p.epsilon);
-    detail::require(std::isfinite(p.rope_base) && p.rope_base > 1.0, "rope_base", "a finite base > 1",
-                    p.rope_base);
+    detail::require(std::isfinite(p.epsilon) && p.epsilon >= 0.0, "epsilon", "epsilon >= 0",
+                    p.epsilon);
+    detail::require(std::isfinite(p.rope_base) && p.rope_base > 1.0, "rope_base",
+                    "a finite base > 1", p.rope_base);
   }
   const Params& params() const noexcept { return params_; }
 
@@ -112,7 +114,8 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
 
   /// Expected attention per KV head and token (`[kv_heads][n]` from `ws`; sinks 0, protected).
   template <Element T>
-  Scores score(const KVCache<T>& kv, const QueryWindow<T>& queries, Granularity, Workspace& ws) const {
+  Scores score(const KVCache<T>& kv, const QueryWindow<T>& queries, Granularity,
+               Workspace& ws) const {
     check_inputs(kv, queries);
     detail::require_finite(kv, /*keys=*/true, /*values=*/true);
     const index_t n = kv.tokens(), d = kv.head_dim(), half = d / 2, w = queries.window();
@@ -124,11 +127,14 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
     Workspace::Frame frame(ws);
     // pair p = (a, b): neox (i, i + d/2), gptj (2i, 2i + 1); frequency θ_i = base^(−2i/d)
     const auto pair = [&](index_t i) -> std::pair<index_t, index_t> {
-      return params_.rope_style == RopeStyle::neox ? std::pair{i, i + half} : std::pair{2 * i, 2 * i + 1};
+      return params_.rope_style == RopeStyle::neox ? std::pair{i, i + half}
+                                                   : std::pair{2 * i, 2 * i + 1};
     };
-    std::vector<double> theta(static_cast<std::size_t>(half)), cbar(theta.size()), sbar(theta.size());
+    std::vector<double> theta(static_cast<std::size_t>(half)), cbar(theta.size()),
+        sbar(theta.size());
     for (index_t i = 0; i < half; ++i) {
-      theta[static_cast<std::size_t>(i)] = std::pow(params_.rope_base, -2.0 * static_cast<double>(i) / static_cast<double>(d));
+      theta[static_cast<std::size_t>(i)] =
+          std::pow(params_.rope_base, -2.0 * static_cast<double>(i) / static_cast<double>(d));
       double c = 0, s = 0;
       for (index_t t = n; t < n + params_.n_future; ++t) {
         c += std::cos(static_cast<double>(t) * theta[static_cast<std::size_t>(i)]);
@@ -139,12 +145,15 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
     }
     std::vector<double> q(static_cast<std::size_t>(d)), mu(q.size()), mu2(q.size()),
         cov(static_cast<std::size_t>(d * d)), tmp(cov.size()), cov2(cov.size()), k(q.size());
-    const auto rotate_pairs = [&](std::vector<double>& x, std::span<const double> c, std::span<const double> s) {
+    const auto rotate_pairs = [&](std::vector<double>& x, std::span<const double> c,
+                                  std::span<const double> s) {
       for (index_t i = 0; i < half; ++i) {
         const auto [a, b] = pair(i);
         const double xa = x[static_cast<std::size_t>(a)], xb = x[static_cast<std::size_t>(b)];
-        x[static_cast<std::size_t>(a)] = c[static_cast<std::size_t>(i)] * xa - s[static_cast<std::size_t>(i)] * xb;
-        x[static_cast<std::size_t>(b)] = s[static_cast<std::size_t>(i)] * xa + c[static_cast<std::size_t>(i)] * xb;
+        x[static_cast<std::size_t>(a)] =
+            c[static_cast<std::size_t>(i)] * xa - s[static_cast<std::size_t>(i)] * xb;
+        x[static_cast<std::size_t>(b)] =
+            s[static_cast<std::size_t>(i)] * xa + c[static_cast<std::size_t>(i)] * xb;
       }
     };
     std::vector<double> cpos(theta.size()), spos(theta.size());
@@ -158,40 +167,52 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
       for (index_t j = 0; j < count; ++j) {
         const index_t pos = first + j;
         const auto qq = queries.query(h, pos - (n - w));
-        for (index_t e = 0; e < d; ++e) q[static_cast<std::size_t>(e)] = to_float(qq[static_cast<std::size_t>(e)]);
+        for (index_t e = 0; e < d; ++e)
+          q[static_cast<std::size_t>(e)] = to_float(qq[static_cast<std::size_t>(e)]);
         for (index_t i = 0; i < half; ++i) {  // R(−pos)
-          cpos[static_cast<std::size_t>(i)] = std::cos(static_cast<double>(pos) * theta[static_cast<std::size_t>(i)]);
-          spos[static_cast<std::size_t>(i)] = -std::sin(static_cast<double>(pos) * theta[static_cast<std::size_t>(i)]);
+          cpos[static_cast<std::size_t>(i)] =
+              std::cos(static_cast<double>(pos) * theta[static_cast<std::size_t>(i)]);
+          spos[static_cast<std::size_t>(i)] =
+              -std::sin(static_cast<double>(pos) * theta[static_cast<std::size_t>(i)]);
         }
         rotate_pairs(q, cpos, spos);
         for (index_t e = 0; e < d; ++e) {
           if (!std::isfinite(q[static_cast<std::size_t>(e)]))
-            detail::fail("queries", "finite values", "a non-finite query at head ", h, ", position ", pos);
+            detail::fail("queries", "finite values", "a non-finite query at head ", h,
+                         ", position ", pos);
           pre[static_cast<std::size_t>(j * d + e)] = q[static_cast<std::size_t>(e)];
-          mu[static_cast<std::size_t>(e)] += q[static_cast<std::size_t>(e)] / static_cast<double>(count);
+          mu[static_cast<std::size_t>(e)] +=
+              q[static_cast<std::size_t>(e)] / static_cast<double>(count);
         }
       }
       if (params_.use_covariance)
         for (index_t j = 0; j < count; ++j)
           for (index_t a = 0; a < d; ++a) {
-            const double xa = pre[static_cast<std::size_t>(j * d + a)] - mu[static_cast<std::size_t>(a)];
+            const double xa =
+                pre[static_cast<std::size_t>(j * d + a)] - mu[static_cast<std::size_t>(a)];
             for (index_t b = 0; b < d; ++b)
               cov[static_cast<std::size_t>(a * d + b)] +=
-                  xa * (pre[static_cast<std::size_t>(j * d + b)] - mu[static_cast<std::size_t>(b)]) / static_cast<double>(count);
+                  xa *
+                  (pre[static_cast<std::size_t>(j * d + b)] - mu[static_cast<std::size_t>(b)]) /
+                  static_cast<double>(count);
           }
       // μ' = R̄μ; Σ' = R̄ΣR̄ᵀ (rows then columns)
       mu2 = mu;
       rotate_pairs(mu2, cbar, sbar);
       if (params_.use_covariance) {
         for (index_t col = 0; col < d; ++col) {  // R̄ Σ: rotate every column
-          for (index_t r = 0; r < d; ++r) k[static_cast<std::size_t>(r)] = cov[static_cast<std::size_t>(r * d + col)];
+          for (index_t r = 0; r < d; ++r)
+            k[static_cast<std::size_t>(r)] = cov[static_cast<std::size_t>(r * d + col)];
           rotate_pairs(k, cbar, sbar);
-          for (index_t r = 0; r < d; ++r) tmp[static_cast<std::size_t>(r * d + col)] = k[static_cast<std::size_t>(r)];
+          for (index_t r = 0; r < d; ++r)
+            tmp[static_cast<std::size_t>(r * d + col)] = k[static_cast<std::size_t>(r)];
         }
         for (index_t r = 0; r < d; ++r) {  // (R̄ Σ) R̄ᵀ: rotate every row
-          for (index_t c = 0; c < d; ++c) k[static_cast<std::size_t>(c)] = tmp[static_cast<std::size_t>(r * d + c)];
+          for (index_t c = 0; c < d; ++c)
+            k[static_cast<std::size_t>(c)] = tmp[static_cast<std::size_t>(r * d + c)];
           rotate_pairs(k, cbar, sbar);
-          for (index_t c = 0; c < d; ++c) cov2[static_cast<std::size_t>(r * d + c)] = k[static_cast<std::size_t>(c)];
+          for (index_t c = 0; c < d; ++c)
+            cov2[static_cast<std::size_t>(r * d + c)] = k[static_cast<std::size_t>(c)];
         }
       }
       // expected logits over the non-sink keys, softmax, added to the group's mean
@@ -199,24 +220,32 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
       double max = -INFINITY;
       for (index_t t = sinks; t < n; ++t) {
         const auto kk = kv.key(kvh, t);
-        for (index_t e = 0; e < d; ++e) k[static_cast<std::size_t>(e)] = to_float(kk[static_cast<std::size_t>(e)]);
+        for (index_t e = 0; e < d; ++e)
+          k[static_cast<std::size_t>(e)] = to_float(kk[static_cast<std::size_t>(e)]);
         double lin = 0, quad = 0;
-        for (index_t e = 0; e < d; ++e) lin += mu2[static_cast<std::size_t>(e)] * k[static_cast<std::size_t>(e)];
+        for (index_t e = 0; e < d; ++e)
+          lin += mu2[static_cast<std::size_t>(e)] * k[static_cast<std::size_t>(e)];
         if (params_.use_covariance)
           for (index_t a = 0; a < d; ++a) {
             double row = 0;
-            for (index_t b = 0; b < d; ++b) row += cov2[static_cast<std::size_t>(a * d + b)] * k[static_cast<std::size_t>(b)];
+            for (index_t b = 0; b < d; ++b)
+              row += cov2[static_cast<std::size_t>(a * d + b)] * k[static_cast<std::size_t>(b)];
             quad += k[static_cast<std::size_t>(a)] * row;
           }
-        const double l = lin / std::sqrt(static_cast<double>(d)) + quad / (2.0 * static_cast<double>(d));
-        if (!std::isfinite(l)) detail::fail("keys", "finite values", "a non-finite key at KV head ", kvh, ", token ", t);
+        const double l =
+            lin / std::sqrt(static_cast<double>(d)) + quad / (2.0 * static_cast<double>(d));
+        if (!std::isfinite(l))
+          detail::fail("keys", "finite values", "a non-finite key at KV head ", kvh, ", token ", t);
         probs[static_cast<std::size_t>(t)] = l;
         max = std::max(max, l);
       }
       double sum = 0;
-      for (index_t t = sinks; t < n; ++t) sum += probs[static_cast<std::size_t>(t)] = std::exp(probs[static_cast<std::size_t>(t)] - max);
       for (index_t t = sinks; t < n; ++t)
-        out[static_cast<std::size_t>(kvh * n + t)] += static_cast<float>(probs[static_cast<std::size_t>(t)] / sum / static_cast<double>(g));
+        sum += probs[static_cast<std::size_t>(t)] =
+            std::exp(probs[static_cast<std::size_t>(t)] - max);
+      for (index_t t = sinks; t < n; ++t)
+        out[static_cast<std::size_t>(kvh * n + t)] +=
+            static_cast<float>(probs[static_cast<std::size_t>(t)] / sum / static_cast<double>(g));
     }
     (void)logits;
     if (params_.use_vnorm)

@@ -49,8 +49,8 @@ inline void normalise(const float* x, index_t d, double eps, float* out) {
 /// KeyDiff's scores of the tokens `rows` (unit keys, `[m][d]` fp32): −cos(k, anchor), the
 /// anchor being the mean of the unit keys, and cos as torch's `cosine_similarity` computes it
 /// (each side divided by max(‖·‖, 1e-8), then the dot product).
-inline void keydiff_scores(std::span<const float> unit, index_t m, index_t d, std::span<float> anchor,
-                           std::span<float> out) {
+inline void keydiff_scores(std::span<const float> unit, index_t m, index_t d,
+                           std::span<float> anchor, std::span<float> out) {
   std::fill(anchor.begin(), anchor.end(), 0.0f);
   for (index_t t = 0; t < m; ++t)
     for (index_t i = 0; i < d; ++i)
@@ -60,7 +60,8 @@ inline void keydiff_scores(std::span<const float> unit, index_t m, index_t d, st
   for (index_t t = 0; t < m; ++t) {
     double dot = 0;
     for (index_t i = 0; i < d; ++i)
-      dot += static_cast<double>(unit[static_cast<std::size_t>(t * d + i)]) * anchor[static_cast<std::size_t>(i)];
+      dot += static_cast<double>(unit[static_cast<std::size_t>(t * d + i)]) *
+             anchor[static_cast<std::size_t>(i)];
     out[static_cast<std::size_t>(t)] = -static_cast<float>(dot);
   }
 }
@@ -93,8 +94,9 @@ class KeyDiff : public OneShot<KeyDiff> {
       .summary = "keys least similar to the mean key direction, no attention (Park et al. 2025)",
       .reads = reads_keys};
   static std::vector<Parameter<Params>> parameters() {
-    return {param<&Params::block>("block", "≥ 0", "block-iterative form: tokens per block (0: off)"),
-            param<&Params::granularity>("granularity", "", "per_head, equal, shared, layers or pages")};
+    return {
+        param<&Params::block>("block", "≥ 0", "block-iterative form: tokens per block (0: off)"),
+        param<&Params::granularity>("granularity", "", "per_head, equal, shared, layers or pages")};
   }
 
   KeyDiff() : KeyDiff(Params{}) {}
@@ -102,7 +104,8 @@ class KeyDiff : public OneShot<KeyDiff> {
     detail::require(p.block >= 0, "block", "block >= 0 (0: off)", p.block);
     detail::require(p.block == 0 || p.granularity == Granularity::per_head ||
                         p.granularity == Granularity::equal,
-                    "granularity", "per_head or equal for the block form", to_string(p.granularity));
+                    "granularity", "per_head or equal for the block form",
+                    to_string(p.granularity));
   }
   const Params& params() const noexcept { return params_; }
 
@@ -122,7 +125,9 @@ class KeyDiff : public OneShot<KeyDiff> {
         detail::normalise(k.data(), d, 1e-12, unit.data() + t * d);
         check_finite(unit.data() + t * d, d, h, t);
       }
-      detail::keydiff_scores(unit, n, d, anchor, out.subspan(static_cast<std::size_t>(h * n), static_cast<std::size_t>(n)));
+      detail::keydiff_scores(
+          unit, n, d, anchor,
+          out.subspan(static_cast<std::size_t>(h * n), static_cast<std::size_t>(n)));
     }
     return {.values = out,
             .rows = kv.kv_heads(),
@@ -145,7 +150,8 @@ class KeyDiff : public OneShot<KeyDiff> {
     const index_t block = std::min(params_.block, n);
     out.reset(kv.kv_heads(), n, false);
     Workspace::Frame frame(ws);
-    const auto unit = ws.take<float>((b + block) * d), anchor = ws.take<float>(d), k = ws.take<float>(d);
+    const auto unit = ws.take<float>((b + block) * d), anchor = ws.take<float>(d),
+               k = ws.take<float>(d);
     const auto score = ws.take<float>(b + block);
     const auto pick = ws.take<std::uint8_t>(b + block);
     const auto cur = ws.take<token_t>(b + block), next = ws.take<token_t>(b);
@@ -155,7 +161,8 @@ class KeyDiff : public OneShot<KeyDiff> {
       for (index_t t = 0; t < b; ++t) cur[static_cast<std::size_t>(t)] = static_cast<token_t>(t);
       for (index_t start = b; start < n; start += block) {
         const index_t m = kept + std::min(block, n - start);
-        for (index_t i = kept; i < m; ++i) cur[static_cast<std::size_t>(i)] = static_cast<token_t>(start + i - kept);
+        for (index_t i = kept; i < m; ++i)
+          cur[static_cast<std::size_t>(i)] = static_cast<token_t>(start + i - kept);
         for (index_t i = 0; i < m; ++i) {
           const index_t t = cur[static_cast<std::size_t>(i)];
           to_float(kv.key(h, t).data(), k.data(), d);
@@ -168,12 +175,14 @@ class KeyDiff : public OneShot<KeyDiff> {
         top_k(score.first(static_cast<std::size_t>(m)), 0, m, b, pick, ws);
         index_t j = 0;
         for (index_t i = 0; i < m; ++i)
-          if (pick[static_cast<std::size_t>(i)] != 0) next[static_cast<std::size_t>(j++)] = cur[static_cast<std::size_t>(i)];
+          if (pick[static_cast<std::size_t>(i)] != 0)
+            next[static_cast<std::size_t>(j++)] = cur[static_cast<std::size_t>(i)];
         std::copy_n(next.begin(), j, cur.begin());
         kept = j;
       }
       std::fill(keep.begin(), keep.end(), std::uint8_t{0});
-      for (index_t i = 0; i < kept; ++i) keep[static_cast<std::size_t>(cur[static_cast<std::size_t>(i)])] = 1;
+      for (index_t i = 0; i < kept; ++i)
+        keep[static_cast<std::size_t>(cur[static_cast<std::size_t>(i)])] = 1;
       add_head_from_mask(out, keep);
     }
   }

@@ -50,7 +50,8 @@ class KNorm : public OneShot<KNorm> {
       .summary = "smallest key L2 norms, no attention needed (Devoto et al. 2024)",
       .reads = reads_keys};
   static std::vector<Parameter<Params>> parameters() {
-    return {param<&Params::granularity>("granularity", "", "per_head, equal, shared, layers or pages")};
+    return {
+        param<&Params::granularity>("granularity", "", "per_head, equal, shared, layers or pages")};
   }
 
   KNorm() : KNorm(Params{}) {}

@@ -62,13 +62,15 @@ class LagKV : public OneShot<LagKV> {
   static constexpr std::string_view name = "lagkv";
   using Params = LagKVParams;
   static constexpr PolicyInfo info{
-      .summary = "partition scored against the next one's min/max, no attention (Liang et al. 2025)",
+      .summary =
+          "partition scored against the next one's min/max, no attention (Liang et al. 2025)",
       .reads = reads_keys | reads_values};
   static std::vector<Parameter<Params>> parameters() {
-    return {param<&Params::n_sink>("n_sink", "≥ 0", "first tokens scored 1"),
-            param<&Params::lag>("lag", "≥ 2", "partition length"),
-            param<&Params::cross_scoring>("cross_scoring", "", "the scores, not their ranks"),
-            param<&Params::granularity>("granularity", "", "per_head, equal, shared, layers or pages")};
+    return {
+        param<&Params::n_sink>("n_sink", "≥ 0", "first tokens scored 1"),
+        param<&Params::lag>("lag", "≥ 2", "partition length"),
+        param<&Params::cross_scoring>("cross_scoring", "", "the scores, not their ranks"),
+        param<&Params::granularity>("granularity", "", "per_head, equal, shared, layers or pages")};
   }
 
   LagKV() : LagKV(Params{}) {}
@@ -93,7 +95,8 @@ class LagKV : public OneShot<LagKV> {
       if (n < sink + 2 * lag) {  // no partition to score: sinks, then by recency
         for (index_t j = 0; j < n; ++j)
           s[j] = j < sink ? 1.0f
-                          : static_cast<float>(static_cast<double>(j - sink) / static_cast<double>(n - sink));
+                          : static_cast<float>(static_cast<double>(j - sink) /
+                                               static_cast<double>(n - sink));
         continue;
       }
       const index_t m = (n - sink) / lag, end = sink + m * lag;
@@ -103,9 +106,12 @@ class LagKV : public OneShot<LagKV> {
         const index_t begin = sink + p * lag;
         partition_scores(kv, h, begin, lag, /*keys=*/true, part);
         partition_scores(kv, h, begin, lag, /*keys=*/false, other);
-        for (index_t i = 0; i < lag; ++i) part[static_cast<std::size_t>(i)] = (part[static_cast<std::size_t>(i)] + other[static_cast<std::size_t>(i)]) / 2;
+        for (index_t i = 0; i < lag; ++i)
+          part[static_cast<std::size_t>(i)] =
+              (part[static_cast<std::size_t>(i)] + other[static_cast<std::size_t>(i)]) / 2;
         if (params_.cross_scoring) {
-          for (index_t i = 0; i < lag; ++i) s[begin + i] = static_cast<float>(part[static_cast<std::size_t>(i)]);
+          for (index_t i = 0; i < lag; ++i)
+            s[begin + i] = static_cast<float>(part[static_cast<std::size_t>(i)]);
           continue;
         }
         // rank in the partition / lag (ties: the earlier token ranks lower)
@@ -115,7 +121,8 @@ class LagKV : public OneShot<LagKV> {
           return part[static_cast<std::size_t>(a)] < part[static_cast<std::size_t>(b)];
         });
         for (index_t r = 0; r < lag; ++r)
-          s[begin + order[static_cast<std::size_t>(r)]] = static_cast<float>(static_cast<double>(r) / static_cast<double>(lag));
+          s[begin + order[static_cast<std::size_t>(r)]] =
+              static_cast<float>(static_cast<double>(r) / static_cast<double>(lag));
       }
       (void)end;
     }
@@ -132,17 +139,19 @@ class LagKV : public OneShot<LagKV> {
   /// softmax over the partition [begin, begin + lag) of the channel-std of its tokens normalised
   /// by the next partition's per-channel min/max.
   template <Element T>
-  static void partition_scores(const KVCache<T>& kv, index_t h, index_t begin, index_t lag, bool keys,
-                               std::span<double> out) {
+  static void partition_scores(const KVCache<T>& kv, index_t h, index_t begin, index_t lag,
+                               bool keys, std::span<double> out) {
     const index_t d = keys ? kv.head_dim() : kv.head_dim_v();
-    std::vector<double> lo(static_cast<std::size_t>(d), INFINITY), hi(static_cast<std::size_t>(d), -INFINITY);
+    std::vector<double> lo(static_cast<std::size_t>(d), INFINITY),
+        hi(static_cast<std::size_t>(d), -INFINITY);
     const auto row = [&](index_t t) { return keys ? kv.key(h, t) : kv.value(h, t); };
     for (index_t t = begin + lag; t < begin + 2 * lag; ++t) {
       const auto x = row(t);
       for (index_t c = 0; c < d; ++c) {
         const double v = to_float(x[static_cast<std::size_t>(c)]);
         if (!std::isfinite(v))
-          detail::fail(keys ? "keys" : "values", "finite values", "a non-finite entry at KV head ", h, ", token ", t);
+          detail::fail(keys ? "keys" : "values", "finite values", "a non-finite entry at KV head ",
+                       h, ", token ", t);
         lo[static_cast<std::size_t>(c)] = std::min(lo[static_cast<std::size_t>(c)], v);
         hi[static_cast<std::size_t>(c)] = std::max(hi[static_cast<std::size_t>(c)], v);
       }
@@ -155,18 +164,21 @@ class LagKV : public OneShot<LagKV> {
         const double range = hi[static_cast<std::size_t>(c)] - lo[static_cast<std::size_t>(c)];
         const double v = to_float(x[static_cast<std::size_t>(c)]);
         if (!std::isfinite(v))
-          detail::fail(keys ? "keys" : "values", "finite values", "a non-finite entry at KV head ", h, ", token ", begin + i);
+          detail::fail(keys ? "keys" : "values", "finite values", "a non-finite entry at KV head ",
+                       h, ", token ", begin + i);
         const double z = range > 0 ? (v - lo[static_cast<std::size_t>(c)]) / range : 0.0;
         mean += z;
         sq += z * z;
       }
       mean /= static_cast<double>(d);
-      const double var = d > 1 ? (sq - static_cast<double>(d) * mean * mean) / static_cast<double>(d - 1) : 0.0;
+      const double var =
+          d > 1 ? (sq - static_cast<double>(d) * mean * mean) / static_cast<double>(d - 1) : 0.0;
       out[static_cast<std::size_t>(i)] = std::sqrt(std::max(var, 0.0));
       max = std::max(max, out[static_cast<std::size_t>(i)]);
     }
     double sum = 0;
-    for (index_t i = 0; i < lag; ++i) sum += out[static_cast<std::size_t>(i)] = std::exp(out[static_cast<std::size_t>(i)] - max);
+    for (index_t i = 0; i < lag; ++i)
+      sum += out[static_cast<std::size_t>(i)] = std::exp(out[static_cast<std::size_t>(i)] - max);
     for (index_t i = 0; i < lag; ++i) out[static_cast<std::size_t>(i)] /= sum;
   }
 
