@@ -1,0 +1,22 @@
+"""The tiny model's shape (no PyTorch needed: the GGUF exporter reads it too)."""
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Config:
+    vocab: int = 4096
+    dim: int = 256
+    layers: int = 6
+    heads: int = 8
+    kv_heads: int = 2
+    ffn: int = 768
+    context: int = 2048
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+
+    @property
+    def head_dim(self):
+        return self.dim // self.heads
+
+    def to_dict(self):
+        return asdict(self)
