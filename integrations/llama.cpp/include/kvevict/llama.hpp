@@ -1,0 +1,748 @@
+// kvevict — KV-cache eviction policies for LLM inference.
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+/// \file
+/// \brief kvevict inside llama.cpp: prompt compression after prefill with any one-shot policy,
+/// decode-time eviction with any streaming policy, periodic re-compression — over llama.cpp's
+/// public API (`llama.h`, plus `gguf.h` to read W_o). No llama.cpp internals, no patch.
+///
+/// How it works. llama.cpp's KV cells hold a token for every layer and head at once, so the only
+/// memory it can free is a whole token: the selection is one set per sequence, chosen across
+/// layers (`Granularity::layers`) and evicted as position ranges with `llama_memory_seq_rm`.
+/// What kvevict needs is captured through the context's eval callback (`cb_eval`):
+/// - `Qcur-<il>` / `Kcur-<il>` (the ROPE nodes: post-RoPE, what the cache holds) and `Vcur-<il>`
+///   for one-shot scoring: every layer's K, V and Q of the prompt, kept on the host;
+/// - `kq_soft_max-<il>` (flash attention off) for decode-time eviction: each step's
+///   probabilities over cache cells, for every layer and head;
+/// - `cache_k_l0 (view)` (the SET_ROWS that writes K): the cell each new token went to, so
+///   probability columns (cells) map to positions.
+/// W_o (CriticalKV) comes from the GGUF file (`blk.<il>.attn_output.weight`).
+///
+/// Positions: kept tokens keep their original positions (default; holes are fine for
+/// llama.cpp), or `PositionMode::shift` closes the gaps with `llama_memory_seq_add`, which
+/// makes llama.cpp re-rotate the shifted keys at the next decode.
+///
+/// What it cannot do in llama.cpp: per-head eviction (a cell is shared by every head and layer),
+/// and page-granular release (the cache is not paged). One sequence per context.
+
+#include <ggml-backend.h>
+#include <ggml.h>
+#include <gguf.h>
+#include <llama.h>
+
+#include <kvevict/kvevict.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+namespace kvevict::llama {
+
+/// The attention shape of a llama-architecture model.
+struct ModelShape {
+  index_t layers = 0, heads = 0, kv_heads = 0, head_dim = 0, embd = 0, vocab = 0;
+  index_t context = 0;  ///< training context
+  double rope_base = 10000.0;
+
+  static ModelShape of(const llama_model* model) {
+    ModelShape s;
+    s.layers = llama_model_n_layer(model);
+    s.heads = llama_model_n_head(model);
+    s.kv_heads = llama_model_n_head_kv(model);
+    s.embd = llama_model_n_embd(model);
+    s.head_dim = s.embd / s.heads;
+    s.vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
+    s.context = llama_model_n_ctx_train(model);
+    char buf[64];
+    if (llama_model_meta_val_str(model, "llama.rope.freq_base", buf, sizeof buf) > 0)
+      s.rope_base = std::stod(buf);
+    return s;
+  }
+};
+
+/// What the eval callback captures, per layer, for the tokens decoded since `clear`: post-RoPE
+/// queries and keys and the values (fp32, `[token][head][head_dim]`), the cache cell of each
+/// token, and — when `probabilities` is on — the last ubatch's attention over cells.
+class Capture {
+ public:
+  explicit Capture(const ModelShape& shape) : shape_(shape) {
+    q_.resize(static_cast<std::size_t>(shape.layers));
+    k_.resize(q_.size());
+    v_.resize(q_.size());
+    probs_.resize(q_.size());
+  }
+
+  bool qkv = true;             ///< capture Q, K, V
+  bool probabilities = false;  ///< capture `kq_soft_max` (flash attention must be off)
+
+  /// Forgets the captured tokens (capacity kept).
+  void clear() {
+    for (auto* v : {&q_, &k_, &v_})
+      for (auto& x : *v) x.clear();
+    cells_.clear();
+  }
+
+  index_t tokens() const noexcept { return static_cast<index_t>(cells_.size()); }
+  const std::vector<float>& queries(index_t layer) const {
+    return q_[static_cast<std::size_t>(layer)];
+  }
+  const std::vector<float>& keys(index_t layer) const {
+    return k_[static_cast<std::size_t>(layer)];
+  }
+  const std::vector<float>& values(index_t layer) const {
+    return v_[static_cast<std::size_t>(layer)];
+  }
+  float* mutable_queries(index_t layer) { return q_[static_cast<std::size_t>(layer)].data(); }
+  float* mutable_keys(index_t layer) { return k_[static_cast<std::size_t>(layer)].data(); }
+  /// The cache cell of each captured token, in decode order.
+  const std::vector<std::int64_t>& cells() const noexcept { return cells_; }
+  /// The last ubatch's probabilities of layer l: `[head][ubatch token][cells]`, and the cell count.
+  const std::vector<float>& probabilities_of(index_t layer) const {
+    return probs_[static_cast<std::size_t>(layer)];
+  }
+  index_t probability_cells() const noexcept { return n_kv_; }
+
+  /// Drops the captured Q/K/V of tokens whose `keep[i]` is 0 (after an eviction), keeping the
+  /// others in order.
+  void keep_only(std::span<const std::uint8_t> keep) {
+    const auto kept = [&](std::vector<float>& x, index_t width) {
+      index_t out = 0;
+      for (index_t i = 0; i < static_cast<index_t>(keep.size()); ++i)
+        if (keep[static_cast<std::size_t>(i)] != 0) {
+          if (out != i) std::copy_n(x.begin() + i * width, width, x.begin() + out * width);
+          ++out;
+        }
+      x.resize(static_cast<std::size_t>(out * width));
+    };
+    for (index_t l = 0; l < shape_.layers; ++l) {
+      kept(q_[static_cast<std::size_t>(l)], shape_.heads * shape_.head_dim);
+      kept(k_[static_cast<std::size_t>(l)], shape_.kv_heads * shape_.head_dim);
+      kept(v_[static_cast<std::size_t>(l)], shape_.kv_heads * shape_.head_dim);
+    }
+    std::size_t out = 0;
+    for (std::size_t i = 0; i < keep.size(); ++i)
+      if (keep[i] != 0) cells_[out++] = cells_[i];
+    cells_.resize(out);
+  }
+
+  /// The `cb_eval` of a `llama_context_params` whose `cb_eval_user_data` is this capture.
+  static bool callback(ggml_tensor* t, bool ask, void* user) {
+    return static_cast<Capture*>(user)->on_tensor(t, ask);
+  }
+
+ private:
+  enum class Kind { none, q, k, v, probs, cells };
+
+  static bool named(const ggml_tensor* t, std::string_view prefix, index_t& layer) {
+    const std::string_view name(t->name);
+    if (name.size() <= prefix.size() || name.substr(0, prefix.size()) != prefix) return false;
+    const std::string_view rest = name.substr(prefix.size());
+    index_t v = 0;
+    for (char c : rest) {
+      if (c < '0' || c > '9') return false;
+      v = v * 10 + (c - '0');
+    }
+    layer = v;
+    return true;
+  }
+
+  Kind kind_of(const ggml_tensor* t, index_t& layer) const {
+    if (qkv && t->op == GGML_OP_ROPE && named(t, "Qcur-", layer)) return Kind::q;
+    if (qkv && t->op == GGML_OP_ROPE && named(t, "Kcur-", layer)) return Kind::k;
+    if (qkv && t->op == GGML_OP_RESHAPE && named(t, "Vcur-", layer)) return Kind::v;
+    if (probabilities && t->op == GGML_OP_SOFT_MAX && named(t, "kq_soft_max-", layer))
+      return Kind::probs;
+    if (t->op == GGML_OP_SET_ROWS && std::string_view(t->name) == "cache_k_l0 (view)") {
+      layer = 0;
+      return Kind::cells;
+    }
+    return Kind::none;
+  }
+
+  bool on_tensor(ggml_tensor* t, bool ask) {
+    index_t layer = -1;
+    const Kind kind = kind_of(t, layer);
+    if (ask) return kind != Kind::none;
+    if (kind == Kind::none || layer < 0 || layer >= shape_.layers) return true;
+    const auto l = static_cast<std::size_t>(layer);
+    switch (kind) {
+      case Kind::q:
+        append(t, q_[l]);
+        break;
+      case Kind::k:
+        append(t, k_[l]);
+        break;
+      case Kind::v:
+        append(t, v_[l]);
+        break;
+      case Kind::probs:
+        n_kv_ = t->ne[0];
+        probs_[l].clear();
+        append(t, probs_[l]);
+        break;
+      case Kind::cells: {  // src[1]: I64 cell index of every ubatch token
+        const ggml_tensor* idx = t->src[1];
+        std::vector<std::int64_t> tmp(static_cast<std::size_t>(idx->ne[0]));
+        read(idx, tmp.data(), tmp.size() * sizeof(std::int64_t));
+        cells_.insert(cells_.end(), tmp.begin(), tmp.end());
+        break;
+      }
+      case Kind::none:
+        break;
+    }
+    return true;
+  }
+
+  /// Appends a contiguous F32 tensor's elements (the CPU backend's are host memory).
+  static void append(const ggml_tensor* t, std::vector<float>& out) {
+    if (t->type != GGML_TYPE_F32 || !ggml_is_contiguous(t))
+      detail::fail("capture", "contiguous F32 activations", ggml_type_name(t->type), " ", t->name);
+    const std::size_t n = static_cast<std::size_t>(ggml_nelements(t));
+    const std::size_t at = out.size();
+    out.resize(at + n);
+    read(t, out.data() + at, n * sizeof(float));
+  }
+
+  static void read(const ggml_tensor* t, void* dst, std::size_t bytes) {
+    if (t->buffer == nullptr || ggml_backend_buffer_is_host(t->buffer))
+      std::memcpy(dst, t->data, bytes);
+    else
+      ggml_backend_tensor_get(t, dst, 0, bytes);
+  }
+
+  ModelShape shape_;
+  std::vector<std::vector<float>> q_, k_, v_, probs_;
+  std::vector<std::int64_t> cells_;
+  index_t n_kv_ = 0;
+};
+
+/// Each layer's output projection W_o as fp32 `[embd][heads · head_dim]` (PyTorch's
+/// `o_proj.weight` layout), read from the model's GGUF file (`blk.<il>.attn_output.weight`,
+/// F32 or F16). llama.h has no tensor getter; gguf.h reads the file directly.
+class OutputProjections {
+ public:
+  OutputProjections(const std::string& gguf_path, const ModelShape& shape) : shape_(shape) {
+    ggml_context* ctx = nullptr;
+    gguf_init_params params{/*no_alloc=*/false, /*ctx=*/&ctx};
+    gguf_context* g = gguf_init_from_file(gguf_path.c_str(), params);
+    if (g == nullptr) detail::fail("model", "a readable GGUF file", "'", gguf_path, "'");
+    const auto cleanup = [&] {
+      gguf_free(g);
+      ggml_free(ctx);
+    };
+    const index_t in = shape.heads * shape.head_dim, out = shape.embd;
+    for (index_t l = 0; l < shape.layers; ++l) {
+      const std::string name = "blk." + std::to_string(l) + ".attn_output.weight";
+      const ggml_tensor* t = ggml_get_tensor(ctx, name.c_str());
+      if (t == nullptr || t->ne[0] != in || t->ne[1] != out ||
+          (t->type != GGML_TYPE_F32 && t->type != GGML_TYPE_F16)) {
+        cleanup();
+        detail::fail("model", detail::cat("an F32/F16 tensor ", name, " of [", in, ", ", out, "]"),
+                     t == nullptr ? "none" : ggml_type_name(t->type));
+      }
+      std::vector<float> w(static_cast<std::size_t>(in * out));
+      if (t->type == GGML_TYPE_F32)
+        std::memcpy(w.data(), t->data, w.size() * sizeof(float));
+      else
+        ggml_fp16_to_fp32_row(static_cast<const ggml_fp16_t*>(t->data), w.data(), in * out);
+      weights_.push_back(std::move(w));
+    }
+    cleanup();
+  }
+
+  /// W_o of layer l as a view for CriticalKV.
+  OutputProjection layer(index_t l) const {
+    return OutputProjection::from_linear_weight(weights_[static_cast<std::size_t>(l)].data(),
+                                                shape_.heads, shape_.head_dim, shape_.embd);
+  }
+  const std::vector<float>& weight(index_t l) const {
+    return weights_[static_cast<std::size_t>(l)];
+  }
+
+ private:
+  ModelShape shape_;
+  std::vector<std::vector<float>> weights_;
+};
+
+/// Where kept tokens' positions go after an eviction.
+enum class PositionMode {
+  keep,   ///< original positions, holes left in place (default)
+  shift,  ///< gaps closed with `llama_memory_seq_add` (llama.cpp re-rotates the keys)
+};
+
+/// Time spent, in seconds.
+struct Timing {
+  double kvevict = 0;  ///< scoring, choosing, bookkeeping
+  double llama = 0;    ///< llama_decode and memory calls
+  double prefill = 0;  ///< the prompt's llama_decode alone
+};
+
+/// One sequence in one llama.cpp context, with kvevict deciding what its cache keeps.
+///
+/// **Example** (prompt compression, then greedy generation):
+/// \code
+/// kvevict::llama::Session s(model, "tiny.gguf", {.n_ctx = 2048});
+/// s.prefill(s.tokenize(prompt));
+/// s.compress(kvevict::parse_policy("snapkv"), kvevict::Budget::ratio(0.2));
+/// std::string text = s.generate(32);
+/// \endcode
+class Session {
+ public:
+  struct Options {
+    index_t n_ctx = 0;      ///< 0: the model's training context
+    index_t n_batch = 512;  ///< tokens per llama_decode of the prompt
+    index_t threads = 2;
+    bool capture_qkv = true;  ///< keep every layer's Q/K/V on the host (one-shot policies)
+    ggml_type type_k = GGML_TYPE_F16, type_v = GGML_TYPE_F16;
+  };
+
+  Session(llama_model* model, std::string gguf_path, const Options& options)
+      : model_(model),
+        path_(std::move(gguf_path)),
+        shape_(ModelShape::of(model)),
+        capture_(shape_) {
+    capture_.qkv = options.capture_qkv;
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = static_cast<std::uint32_t>(options.n_ctx > 0 ? options.n_ctx : shape_.context);
+    cp.n_batch = static_cast<std::uint32_t>(options.n_batch);
+    cp.n_ubatch = static_cast<std::uint32_t>(options.n_batch);
+    cp.n_threads = cp.n_threads_batch = static_cast<std::int32_t>(options.threads);
+    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;  // kq_soft_max must exist
+    cp.cb_eval = &Capture::callback;
+    cp.cb_eval_user_data = &capture_;
+    cp.type_k = options.type_k;
+    cp.type_v = options.type_v;
+    cp.no_perf = true;
+    ctx_ = llama_init_from_model(model, cp);
+    if (ctx_ == nullptr) detail::fail("context", "a llama.cpp context for the model", "none");
+    n_batch_ = options.n_batch;
+  }
+  ~Session() {
+    if (ctx_ != nullptr) llama_free(ctx_);
+  }
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  const ModelShape& shape() const noexcept { return shape_; }
+  llama_context* context() noexcept { return ctx_; }
+  const Capture& capture() const noexcept { return capture_; }
+  const Timing& timing() const noexcept { return timing_; }
+  /// Tokens in the cache (live positions).
+  index_t cached() const noexcept { return static_cast<index_t>(positions_.size()); }
+  /// The original index (0 = the first prompt token) of every cached token, ascending.
+  const std::vector<std::int64_t>& kept() const noexcept { return original_; }
+  /// The position llama.cpp holds each cached token at (equal to `kept()` unless shifted).
+  const std::vector<std::int64_t>& positions() const noexcept { return positions_; }
+  /// Tokens evicted so far.
+  index_t evicted() const noexcept { return evicted_; }
+
+  std::vector<llama_token> tokenize(const std::string& text, bool bos = true) const {
+    const llama_vocab* vocab = llama_model_get_vocab(model_);
+    std::vector<llama_token> out(text.size() + 8);
+    int32_t n = llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), out.data(),
+                               static_cast<int32_t>(out.size()), bos, false);
+    if (n < 0) {
+      out.resize(static_cast<std::size_t>(-n));
+      n = llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), out.data(),
+                         static_cast<int32_t>(out.size()), bos, false);
+    }
+    out.resize(static_cast<std::size_t>(std::max(n, 0)));
+    return out;
+  }
+
+  std::string piece(llama_token t) const {
+    char buf[256];
+    const int32_t n =
+        llama_token_to_piece(llama_model_get_vocab(model_), t, buf, sizeof buf, 0, false);
+    return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+  }
+
+  /// Decodes `tokens` after what the cache holds (the prompt, in batches of n_batch), capturing
+  /// every layer's Q/K/V. Returns the logits of the last token.
+  std::span<const float> prefill(std::span<const llama_token> tokens) {
+    const auto t0 = clock::now();
+    for (std::size_t i = 0; i < tokens.size(); i += static_cast<std::size_t>(n_batch_)) {
+      const std::size_t count =
+          std::min<std::size_t>(static_cast<std::size_t>(n_batch_), tokens.size() - i);
+      decode(tokens.subspan(i, count));
+    }
+    const double secs = seconds_since(t0);
+    timing_.prefill += secs;
+    return logits();
+  }
+
+  /// Decodes one token after the cache (its logits are returned).
+  std::span<const float> step(llama_token token) {
+    decode(std::span<const llama_token>(&token, 1));
+    return logits();
+  }
+
+  /// The logits of the last decoded token.
+  std::span<const float> logits() const {
+    const float* l = llama_get_logits_ith(ctx_, -1);
+    return {l, static_cast<std::size_t>(shape_.vocab)};
+  }
+
+  /// Greedy continuation of `n` tokens (with the streaming policy, if one is attached).
+  std::vector<llama_token> generate(index_t n) {
+    std::vector<llama_token> out;
+    for (index_t i = 0; i < n; ++i) {
+      const auto l = logits();
+      const auto best = static_cast<llama_token>(std::max_element(l.begin(), l.end()) - l.begin());
+      out.push_back(best);
+      if (llama_vocab_is_eog(llama_model_get_vocab(model_), best)) break;
+      step(best);
+    }
+    return out;
+  }
+
+  /// `kvevict::parse_policy(spec, options)` for this model: a policy that reads W_o (CriticalKV)
+  /// gets layer 0's projection from the GGUF to construct with, and `compress` substitutes each
+  /// layer's own when it scores that layer. Such a policy is valid while this session lives.
+  AnyPolicy policy(std::string_view spec, PolicyOptions options = {}) {
+    const std::string_view name = spec.substr(0, spec.find(':'));
+    if ((policy_info(name).reads & reads_output_projection) != 0) {
+      if (!wo_) wo_.emplace(path_, shape_);
+      wo0_.emplace(wo_->layer(0));
+      options.wo = &*wo0_;
+    }
+    return parse_policy(spec, options);
+  }
+
+  /// Compresses the cache to `budget` with a one-shot policy, choosing across layers: every
+  /// layer's scores (from the captured Q/K/V, the last `window` queries as the observation
+  /// window — or all of them when `window` is 0 — and W_o for policies that read it) combined
+  /// into one set, then `llama_memory_seq_rm` per evicted range. Returns the selection.
+  const Selection& compress(const AnyPolicy& policy, Budget budget,
+                            PositionMode mode = PositionMode::keep, index_t window = 0,
+                            LayerCombine combine = LayerCombine::mean) {
+    const auto t0 = clock::now();
+    const index_t n = cached();
+    if (!capture_.qkv) detail::fail("compress", "a session that captures Q/K/V", "capture off");
+    if (capture_.tokens() != n)
+      detail::fail("compress", detail::cat("the captured Q/K/V of the ", n, " cached tokens"),
+                   capture_.tokens());
+    if ((info_of(policy).reads & reads_output_projection) != 0 && !wo_) wo_.emplace(path_, shape_);
+    const index_t w = window > 0 ? std::min(window, n) : n;
+    std::vector<Scores> layers;
+    layers.reserve(static_cast<std::size_t>(shape_.layers));
+    Workspace::Frame frame(ws_);
+    const index_t d = shape_.head_dim;
+    for (index_t l = 0; l < shape_.layers; ++l) {
+      const KVCache<float> kv =
+          KVCache<float>(
+              Storage<float>::nhd(const_cast<float*>(capture_.keys(l).data()), shape_.kv_heads, d),
+              Storage<float>::nhd(const_cast<float*>(capture_.values(l).data()), shape_.kv_heads,
+                                  d),
+              Shape{.kv_heads = shape_.kv_heads, .tokens = n, .head_dim = d})
+              .with_layer(l);
+      const QueryWindow<float> q(capture_.queries(l).data() + (n - w) * shape_.heads * d,
+                                 shape_.heads, w, d, d, shape_.heads * d);
+      layers.push_back(score_layer(policy, kv, q, l));
+    }
+    Choice c{.budget = budget, .granularity = Granularity::layers, .combine = combine};
+    std::visit([&](const auto& p) { choose_with(p, layers, c); }, policy);
+    const double chose = seconds_since(t0);
+    apply(selection_, mode);
+    timing_.kvevict += chose;
+    return selection_;
+  }
+
+  // ---- decode-time eviction ---------------------------------------------------------------
+
+  /// Attaches a streaming policy that keeps the cache at `budget` tokens (budget-free policies:
+  /// `budget` is the slot capacity) while tokens are decoded with `step` / `generate`: each
+  /// step's attention probabilities of every layer and head (llama.cpp's own `kq_soft_max`)
+  /// feed one stream whose query heads are all layers' heads, so its evictions are one set for
+  /// the sequence. Call before the first token: the prompt is then decoded token by token.
+  void stream(const AnyPolicy& policy, index_t budget, PositionMode mode = PositionMode::keep) {
+    const bool free = budget_free(policy);
+    stream_.emplace(start(policy, {.kv_heads = 1,
+                                   .q_heads = shape_.layers * shape_.heads,
+                                   .budget = free ? 0 : budget,
+                                   .capacity = free ? budget + 1 : 0}));
+    capture_.probabilities = true;
+    stream_mode_ = mode;
+    const index_t slots = std::visit([](const auto& s) { return s.slots(); }, *stream_);
+    slot_cell_.assign(static_cast<std::size_t>(slots), -1);
+    slot_original_.assign(static_cast<std::size_t>(slots), -1);
+    rows_.assign(static_cast<std::size_t>(shape_.layers * shape_.heads * slots), 0.0f);
+  }
+
+  /// The attached stream, if any.
+  const std::optional<AnyStream>& attached() const noexcept { return stream_; }
+
+  /// Called after every decode-time step with the token's original index, the rows the stream
+  /// observed and what it evicted (for inspection and tests).
+  std::function<void(std::int64_t, const AttentionRows&, const Evictions&)> on_step;
+
+  /// Periodic re-compression with a one-shot policy during generation: whenever the cache holds
+  /// `budget + every` tokens, `compress` back to `budget` (observation window `window`).
+  void recompress_every(const AnyPolicy& policy, index_t budget, index_t every, index_t window,
+                        PositionMode mode = PositionMode::keep) {
+    periodic_.emplace(Periodic{policy, budget, every, window, mode});
+  }
+
+  /// Removes the cached tokens whose original indices are not in `keep_original` (ascending),
+  /// as `compress` does after choosing. For tests and engines with their own choice.
+  void evict_to(std::span<const std::int64_t> keep_original,
+                PositionMode mode = PositionMode::keep) {
+    Selection sel;
+    sel.reset(1, cached(), true);
+    std::vector<token_t> idx;
+    std::size_t j = 0;
+    for (index_t i = 0; i < cached() && j < keep_original.size(); ++i)
+      if (original_[static_cast<std::size_t>(i)] == keep_original[j]) {
+        idx.push_back(static_cast<token_t>(i));
+        ++j;
+      }
+    auto h = sel.add_head(static_cast<index_t>(idx.size()));
+    std::copy(idx.begin(), idx.end(), h.begin());
+    apply(sel, mode);
+  }
+
+ private:
+  using clock = std::chrono::steady_clock;
+  static double seconds_since(clock::time_point t0) {
+    return std::chrono::duration<double>(clock::now() - t0).count();
+  }
+
+  struct Periodic {
+    AnyPolicy policy;
+    index_t budget, every, window;
+    PositionMode mode;
+  };
+
+  template <Element T>
+  Scores score_layer(const AnyPolicy& policy, const KVCache<T>& kv, const QueryWindow<T>& q,
+                     index_t l) {
+    return std::visit(
+        [&](const auto& p) -> Scores {
+          using P = std::decay_t<decltype(p)>;
+          if constexpr (std::is_same_v<P, CriticalKV>) {
+            const OutputProjection wo = wo_->layer(l);
+            const CriticalKV with_wo(p.params(), wo);  // the same parameters, this layer's W_o
+            return with_wo.score(kv, q, Granularity::layers, ws_);
+          } else if constexpr (decltype(p.rule(0))::reads_scores) {
+            return p.score(kv, q, Granularity::layers, ws_);
+          } else {
+            return Scores{.tokens = kv.tokens(), .kv_heads = kv.kv_heads(), .layer = l};
+          }
+        },
+        policy);
+  }
+
+  template <class P>
+  void choose_with(const P& p, std::span<const Scores> layers, Choice c) {
+    std::vector<Scores> with(layers.begin(), layers.end());
+    for (Scores& s : with)  // the policy's own protected regions hold in every layer
+      if constexpr (requires { p.protect(s.tokens); })
+        s.protect = unite(s.protect, p.protect(s.tokens));
+    kvevict::choose(std::span<const Scores>(with), c, p.rule(layers[0].tokens), selection_, ws_);
+  }
+
+  void decode(std::span<const llama_token> tokens) {
+    const index_t n = static_cast<index_t>(tokens.size());
+    llama_batch batch = llama_batch_init(static_cast<int32_t>(n), 0, 1);
+    const std::int64_t first = positions_.empty() ? 0 : positions_.back() + 1;
+    for (index_t i = 0; i < n; ++i) {
+      batch.token[i] = tokens[static_cast<std::size_t>(i)];
+      batch.pos[i] = static_cast<llama_pos>(first + i);
+      batch.n_seq_id[i] = 1;
+      batch.seq_id[i][0] = 0;
+      batch.logits[i] = i == n - 1;
+    }
+    batch.n_tokens = static_cast<int32_t>(n);
+    const bool streaming = stream_.has_value();
+    if (streaming && n != 1) {
+      llama_batch_free(batch);
+      for (llama_token t : tokens) decode(std::span<const llama_token>(&t, 1));
+      return;
+    }
+    std::span<const token_t> slot;
+    if (streaming) {
+      const auto t0 = clock::now();
+      slot = std::visit([&](auto& s) { return s.append(next_original_); }, *stream_);
+      timing_.kvevict += seconds_since(t0);
+    }
+    const auto t0 = clock::now();
+    const int32_t rc = llama_decode(ctx_, batch);
+    timing_.llama += seconds_since(t0);
+    llama_batch_free(batch);
+    if (rc != 0) detail::fail("llama_decode", "0 (success)", rc);
+    for (index_t i = 0; i < n; ++i) {
+      positions_.push_back(first + i);
+      original_.push_back(next_original_++);
+    }
+    if (streaming) observe_step(slot[0]);
+    if (periodic_ && cached() >= periodic_->budget + periodic_->every)
+      compress(periodic_->policy, Budget::tokens(periodic_->budget), periodic_->mode,
+               periodic_->window);
+  }
+
+  /// Feeds the stream the step's probabilities of every layer and head over its live slots and
+  /// evicts what it returns.
+  void observe_step(token_t slot) {
+    const auto t0 = clock::now();
+    slot_cell_[static_cast<std::size_t>(slot)] = capture_.cells().back();
+    slot_original_[static_cast<std::size_t>(slot)] = original_.back();
+    const index_t slots = static_cast<index_t>(slot_cell_.size()),
+                  n_kv = capture_.probability_cells();
+    for (index_t l = 0; l < shape_.layers; ++l) {
+      const auto& p = capture_.probabilities_of(l);  // [head][1 token][n_kv]
+      for (index_t h = 0; h < shape_.heads; ++h) {
+        float* row = rows_.data() + (l * shape_.heads + h) * slots;
+        for (index_t s = 0; s < slots; ++s) {
+          const std::int64_t c = slot_cell_[static_cast<std::size_t>(s)];
+          row[s] = c >= 0 && c < n_kv ? p[static_cast<std::size_t>(h * n_kv + c)] : 0.0f;
+        }
+      }
+    }
+    const AttentionRows rows{rows_.data(), shape_.layers * shape_.heads, slots, slots};
+    const Evictions ev = std::visit([&](auto& s) { return s.observe(rows); }, *stream_);
+    if (on_step) on_step(original_.back(), rows, ev);
+    std::vector<std::int64_t> gone;
+    for (token_t s : ev.of(0)) {
+      gone.push_back(slot_original_[static_cast<std::size_t>(s)]);
+      slot_cell_[static_cast<std::size_t>(s)] = -1;
+      slot_original_[static_cast<std::size_t>(s)] = -1;
+    }
+    if (!capture_.qkv) capture_.clear();  // only the new token's cell was needed
+    timing_.kvevict += seconds_since(t0);
+    if (!gone.empty()) remove_originals(gone);
+  }
+
+  /// Removes the cached tokens with the given original indices.
+  void remove_originals(std::span<const std::int64_t> gone) {
+    std::vector<std::uint8_t> keep(static_cast<std::size_t>(cached()), 1);
+    for (std::int64_t g : gone) {
+      const auto it = std::lower_bound(original_.begin(), original_.end(), g);
+      if (it != original_.end() && *it == g)
+        keep[static_cast<std::size_t>(it - original_.begin())] = 0;
+    }
+    apply_mask(keep, stream_mode_);
+  }
+
+  /// Evicts what `sel` (one set over the cached tokens, in position order) does not keep.
+  void apply(const Selection& sel, PositionMode mode) {
+    std::vector<std::uint8_t> keep(static_cast<std::size_t>(cached()), 0);
+    for (token_t t : sel.kept(0)) keep[static_cast<std::size_t>(t)] = 1;
+    apply_mask(keep, mode);
+  }
+
+  void apply_mask(std::span<const std::uint8_t> keep, PositionMode mode) {
+    const auto t0 = clock::now();
+    llama_memory_t mem = llama_get_memory(ctx_);
+    const index_t n = cached();
+    // evicted runs of consecutive positions → one seq_rm each
+    for (index_t i = 0; i < n;) {
+      if (keep[static_cast<std::size_t>(i)] != 0) {
+        ++i;
+        continue;
+      }
+      index_t j = i;
+      while (j < n && keep[static_cast<std::size_t>(j)] == 0 &&
+             (j == i || positions_[static_cast<std::size_t>(j)] ==
+                            positions_[static_cast<std::size_t>(j - 1)] + 1))
+        ++j;
+      llama_memory_seq_rm(mem, 0, static_cast<llama_pos>(positions_[static_cast<std::size_t>(i)]),
+                          static_cast<llama_pos>(positions_[static_cast<std::size_t>(j - 1)] + 1));
+      evicted_ += j - i;
+      i = j;
+    }
+    std::vector<std::int64_t> pos, orig;
+    std::int64_t removed = 0;
+    for (index_t i = 0; i < n; ++i) {
+      if (keep[static_cast<std::size_t>(i)] == 0) {
+        ++removed;
+        continue;
+      }
+      std::int64_t p = positions_[static_cast<std::size_t>(i)];
+      if (mode == PositionMode::shift && removed > 0) {
+        // shift the run of kept tokens that starts here left by everything removed before it
+        index_t j = i;
+        while (j + 1 < n && keep[static_cast<std::size_t>(j + 1)] != 0) ++j;
+        llama_memory_seq_add(mem, 0, static_cast<llama_pos>(p),
+                             static_cast<llama_pos>(positions_[static_cast<std::size_t>(j)] + 1),
+                             static_cast<llama_pos>(-removed));
+        for (index_t k = i; k <= j; ++k) {
+          pos.push_back(positions_[static_cast<std::size_t>(k)] - removed);
+          orig.push_back(original_[static_cast<std::size_t>(k)]);
+        }
+        i = j;
+        continue;
+      }
+      pos.push_back(p);
+      orig.push_back(original_[static_cast<std::size_t>(i)]);
+    }
+    if (capture_.qkv && capture_.tokens() == n) {
+      capture_.keep_only(keep);
+      if (mode == PositionMode::shift) {
+        std::vector<std::int64_t> old;
+        for (index_t i = 0; i < n; ++i)
+          if (keep[static_cast<std::size_t>(i)] != 0)
+            old.push_back(positions_[static_cast<std::size_t>(i)]);
+        rotate_host_copies(old, pos);
+      }
+    }
+    positions_ = std::move(pos);
+    original_ = std::move(orig);
+    timing_.llama += seconds_since(t0);
+  }
+
+  /// After a shift, turns the host copies of Q and K from the kept tokens' old positions to
+  /// their new ones, as llama.cpp turns its cached K, so that later scoring sees what the model
+  /// sees (RoPE of the `llama` architecture: adjacent pairs, `RopeStyle::gptj`).
+  void rotate_host_copies(std::span<const std::int64_t> old_positions,
+                          std::span<const std::int64_t> new_positions) {
+    const index_t n = capture_.tokens(), d = shape_.head_dim;
+    std::vector<std::int64_t> delta(static_cast<std::size_t>(n));
+    for (std::size_t k = 0; k < delta.size(); ++k) delta[k] = new_positions[k] - old_positions[k];
+    const Rope rope{.base = shape_.rope_base, .style = RopeStyle::gptj};
+    for (index_t l = 0; l < shape_.layers; ++l) {
+      for (const bool keys : {true, false}) {
+        const index_t heads = keys ? shape_.kv_heads : shape_.heads;
+        float* data = keys ? capture_.mutable_keys(l) : capture_.mutable_queries(l);
+        scratch_.assign(static_cast<std::size_t>(n * heads * d), 0.0f);  // V: unused by rope_shift
+        const KVCache<float> view(Storage<float>::nhd(data, heads, d),
+                                  Storage<float>::nhd(scratch_.data(), heads, d),
+                                  {.kv_heads = heads, .tokens = n, .head_dim = d});
+        rope_shift(view, std::span<const std::int64_t>(delta), rope);
+      }
+    }
+  }
+
+  llama_model* model_;
+  std::string path_;
+  ModelShape shape_;
+  Capture capture_;
+  llama_context* ctx_ = nullptr;
+  index_t n_batch_ = 512;
+  Workspace ws_;
+  Selection selection_;
+  Timing timing_;
+  std::optional<OutputProjections> wo_;
+  std::optional<OutputProjection> wo0_;  // what `policy` constructs W_o readers with
+  std::vector<std::int64_t> positions_, original_;
+  std::int64_t next_original_ = 0;
+  index_t evicted_ = 0;
+  // decode-time stream
+  std::optional<AnyStream> stream_;
+  PositionMode stream_mode_ = PositionMode::keep;
+  std::vector<std::int64_t> slot_cell_, slot_original_;
+  std::vector<float> rows_, scratch_;
+  std::optional<Periodic> periodic_;
+};
+
+}  // namespace kvevict::llama

@@ -1,0 +1,262 @@
+// kvevict inside llama.cpp: the adapter's mechanics on the tiny model's architecture with
+// seeded random weights (models/tiny/export_gguf.py --random 1, written at test time).
+// SPDX-License-Identifier: Apache-2.0
+#include <kvevict/llama.hpp>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace kvevict::llama {
+namespace {
+
+std::string read(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  std::string t = s.str();
+  while (!t.empty() && t.back() == '\n') t.pop_back();
+  return t;
+}
+
+/// The tiny model, loaded once for every test.
+class Tiny : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    llama_log_set([](ggml_log_level, const char*, void*) {}, nullptr);
+    llama_backend_init();
+    model_ = llama_model_load_from_file(KVEVICT_TINY_MODEL, llama_model_default_params());
+  }
+  static void TearDownTestSuite() {
+    if (model_ != nullptr) llama_model_free(model_);
+  }
+  void SetUp() override { ASSERT_NE(model_, nullptr) << "cannot load " << KVEVICT_TINY_MODEL; }
+  static Session::Options options() { return {.n_ctx = 2048, .threads = 2}; }
+  static std::string prompt(const std::string& name) {
+    return read(std::string(KVEVICT_PROMPTS) + "/" + name);
+  }
+  static inline llama_model* model_ = nullptr;
+};
+
+// The exporter declares the tiny architecture: a llama-architecture model with GQA, every
+// tensor in the shape llama.cpp's llama graph expects.
+TEST_F(Tiny, GgufDeclaresTheCardsShapes) {
+  ggml_context* ctx = nullptr;
+  gguf_context* g = gguf_init_from_file(KVEVICT_TINY_MODEL, {/*no_alloc=*/true, &ctx});
+  ASSERT_NE(g, nullptr);
+  const auto u32 = [&](const char* key) {
+    const int64_t id = gguf_find_key(g, key);
+    EXPECT_GE(id, 0) << key;
+    return id < 0 ? 0u : gguf_get_val_u32(g, id);
+  };
+  EXPECT_STREQ(gguf_get_val_str(g, gguf_find_key(g, "general.architecture")), "llama");
+  EXPECT_STREQ(gguf_get_val_str(g, gguf_find_key(g, "tokenizer.ggml.model")), "llama");
+  const std::uint32_t layers = u32("llama.block_count"), embd = u32("llama.embedding_length");
+  const std::uint32_t heads = u32("llama.attention.head_count"),
+                      kv = u32("llama.attention.head_count_kv");
+  const std::uint32_t ffn = u32("llama.feed_forward_length"),
+                      rope = u32("llama.rope.dimension_count");
+  EXPECT_EQ(u32("llama.context_length"), 2048u);
+  EXPECT_GE(layers, 4u);
+  EXPECT_LE(layers, 6u);
+  EXPECT_EQ(heads % kv, 0u);
+  EXPECT_GT(heads, kv);  // grouped-query attention
+  const std::uint32_t hd = embd / heads;
+  EXPECT_GE(hd, 32u);
+  EXPECT_LE(hd, 64u);
+  EXPECT_EQ(rope, hd);
+  const int64_t vocab = gguf_get_arr_n(g, gguf_find_key(g, "tokenizer.ggml.tokens"));
+  EXPECT_LE(vocab, 4096);
+  const auto shape = [&](const std::string& name, std::vector<int64_t> ne) {
+    const ggml_tensor* t = ggml_get_tensor(ctx, name.c_str());
+    ASSERT_NE(t, nullptr) << name;
+    for (std::size_t i = 0; i < ne.size(); ++i) EXPECT_EQ(t->ne[i], ne[i]) << name << " dim " << i;
+  };
+  shape("token_embd.weight", {embd, vocab});
+  shape("output_norm.weight", {embd});
+  for (std::uint32_t l = 0; l < layers; ++l) {
+    const std::string b = "blk." + std::to_string(l) + ".";
+    shape(b + "attn_norm.weight", {embd});
+    shape(b + "attn_q.weight", {embd, heads * hd});
+    shape(b + "attn_k.weight", {embd, kv * hd});
+    shape(b + "attn_v.weight", {embd, kv * hd});
+    shape(b + "attn_output.weight", {heads * hd, embd});
+    shape(b + "ffn_norm.weight", {embd});
+    shape(b + "ffn_gate.weight", {embd, ffn});
+    shape(b + "ffn_up.weight", {embd, ffn});
+    shape(b + "ffn_down.weight", {ffn, embd});
+  }
+  std::int64_t params = 0;
+  for (ggml_tensor* t = ggml_get_first_tensor(ctx); t != nullptr; t = ggml_get_next_tensor(ctx, t))
+    params += ggml_nelements(t);
+  EXPECT_GE(params, 4'000'000);
+  EXPECT_LE(params, 10'000'000);
+  gguf_free(g);
+  ggml_free(ctx);
+}
+
+// The prompts' SentencePiece token counts (passkey.py) are llama.cpp's too: same tokenizer.
+TEST_F(Tiny, TokenizerAgreesWithSentencePiece) {
+  Session s(model_, KVEVICT_TINY_MODEL, options());
+  std::ifstream in(std::string(KVEVICT_PROMPTS) + "/manifest.json");
+  ASSERT_TRUE(in.good());
+  std::string json((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto first = json.find("\"inside\": \"") + 11;
+  const std::string file = json.substr(first, json.find('"', first) - first);
+  const auto tpos = json.find("\"tokens\": ") + 10;
+  const auto want = std::stoll(json.substr(tpos));
+  EXPECT_EQ(static_cast<long long>(s.tokenize(prompt(file)).size()), want) << file;
+}
+
+// A budget that holds the whole prompt changes nothing: the same tokens and the same logits,
+// bit for bit, as llama.cpp alone.
+TEST_F(Tiny, BudgetCoveringThePromptIsBitIdentical) {
+  const std::string text = prompt("inside-1024-050-0.txt");
+  Session plain(model_, KVEVICT_TINY_MODEL, options());
+  const auto tokens = plain.tokenize(text);
+  plain.prefill(tokens);
+  const std::vector<float> want(plain.logits().begin(), plain.logits().end());
+  const auto want_out = plain.generate(8);
+  for (const char* name : {"snapkv", "h2o", "tova", "criticalkv", "streaming_llm"}) {
+    Session s(model_, KVEVICT_TINY_MODEL, options());
+    s.prefill(tokens);
+    s.compress(s.policy(name), Budget::tokens(static_cast<index_t>(tokens.size())));
+    EXPECT_EQ(s.evicted(), 0) << name;
+    const std::vector<float> got(s.logits().begin(), s.logits().end());
+    EXPECT_EQ(got, want) << name;
+    EXPECT_EQ(s.generate(8), want_out) << name;
+  }
+}
+
+// After compression, the next token's logits equal those of a reference that removes exactly
+// the evicted positions one by one from a full cache: the adapter removed the right cells (a
+// cell holds every layer, so the right cells are right for every layer).
+TEST_F(Tiny, EvictionEqualsRemovingExactlyTheEvictedPositions) {
+  const std::string text = prompt("inside-1024-020-1.txt");
+  for (const char* name : {"snapkv", "nacl", "h2o", "criticalkv"}) {
+    Session s(model_, KVEVICT_TINY_MODEL, options());
+    const auto tokens = s.tokenize(text);
+    s.prefill(tokens);
+    s.compress(s.policy(name), Budget::ratio(0.25));
+    const auto kept = s.kept();
+    ASSERT_LT(static_cast<index_t>(kept.size()), static_cast<index_t>(tokens.size()));
+    const llama_token next = 42;
+    const auto got = s.step(next);
+    const std::vector<float> a(got.begin(), got.end());
+
+    Session ref(model_, KVEVICT_TINY_MODEL, options());
+    ref.prefill(tokens);
+    llama_memory_t mem = llama_get_memory(ref.context());
+    const std::set<std::int64_t> keep(kept.begin(), kept.end());
+    for (std::int64_t p = 0; p < static_cast<std::int64_t>(tokens.size()); ++p) {
+      if (keep.count(p) == 0) {
+        ASSERT_TRUE(
+            llama_memory_seq_rm(mem, 0, static_cast<llama_pos>(p), static_cast<llama_pos>(p + 1)));
+      }
+    }
+    llama_batch b = llama_batch_init(1, 0, 1);
+    b.token[0] = next;
+    b.pos[0] = static_cast<llama_pos>(kept.back() + 1);
+    b.n_seq_id[0] = 1;
+    b.seq_id[0][0] = 0;
+    b.logits[0] = 1;
+    b.n_tokens = 1;
+    ASSERT_EQ(llama_decode(ref.context(), b), 0);
+    llama_batch_free(b);
+    const float* r = llama_get_logits_ith(ref.context(), -1);
+    double worst = 0;
+    for (std::size_t i = 0; i < a.size(); ++i)
+      worst = std::max(worst, std::abs(static_cast<double>(a[i] - r[i])));
+    EXPECT_LE(worst, 1e-4) << name;
+    EXPECT_EQ(llama_memory_seq_pos_max(llama_get_memory(s.context()), 0), kept.back() + 1);
+  }
+}
+
+// Closing the gaps: positions become 0 … kept − 1, and generation continues from there.
+TEST_F(Tiny, ShiftedPositionsAreContiguous) {
+  Session s(model_, KVEVICT_TINY_MODEL, options());
+  s.prefill(s.tokenize(prompt("inside-1024-080-2.txt")));
+  s.compress(make_policy("snapkv"), Budget::ratio(0.3), PositionMode::shift);
+  const auto& pos = s.positions();
+  for (std::size_t i = 0; i < pos.size(); ++i) ASSERT_EQ(pos[i], static_cast<std::int64_t>(i));
+  llama_memory_t mem = llama_get_memory(s.context());
+  EXPECT_EQ(llama_memory_seq_pos_min(mem, 0), 0);
+  EXPECT_EQ(llama_memory_seq_pos_max(mem, 0), static_cast<llama_pos>(pos.size() - 1));
+  EXPECT_EQ(s.generate(4).size(), 4u);
+}
+
+// Decode-time eviction: the cache never exceeds the budget (+1 during a step), an evicted
+// position never comes back, and H2O's evictions with llama.cpp's own probabilities are those
+// of kvevict's stream fed the same rows.
+TEST_F(Tiny, DecodeTimeH2OKeepsTheBudgetAndMatchesItsOwnStream) {
+  Session s(model_, KVEVICT_TINY_MODEL, {.n_ctx = 1024, .threads = 2, .capture_qkv = false});
+  const index_t budget = 64;
+  s.stream(make_policy("h2o"), budget);
+  auto twin =
+      start(make_policy("h2o"),
+            {.kv_heads = 1, .q_heads = s.shape().layers * s.shape().heads, .budget = budget});
+  std::set<std::int64_t> gone;
+  index_t steps = 0, mismatches = 0;
+  s.on_step = [&](std::int64_t position, const AttentionRows& rows, const Evictions& ev) {
+    std::visit(
+        [&](auto& t) {
+          const auto slot = t.append(position);
+          (void)slot;
+          const Evictions mine = t.observe(rows);
+          if (std::vector<token_t>(mine.slots.begin(), mine.slots.end()) !=
+              std::vector<token_t>(ev.slots.begin(), ev.slots.end()))
+            ++mismatches;
+        },
+        twin);
+    ++steps;
+  };
+  const auto tokens = s.tokenize(prompt("inside-1024-050-3.txt"));
+  for (llama_token t : tokens) {
+    s.step(t);
+    ASSERT_LE(s.cached(), budget);
+    for (std::int64_t p : s.kept())
+      ASSERT_EQ(gone.count(p), 0u) << "position " << p << " came back";
+    std::set<std::int64_t> now(s.kept().begin(), s.kept().end());
+    for (std::int64_t p = 0; p <= s.kept().back(); ++p)
+      if (now.count(p) == 0) gone.insert(p);
+  }
+  EXPECT_EQ(steps, static_cast<index_t>(tokens.size()));
+  EXPECT_EQ(mismatches, 0);
+  EXPECT_EQ(s.evicted(), static_cast<index_t>(tokens.size()) - budget);
+}
+
+// `kvevict-llama dump` writes a layer `kvevict eval` reads.
+TEST_F(Tiny, DumpRoundTripsIntoEval) {
+#ifdef KVEVICT_CLI
+  const std::string dir = std::filesystem::temp_directory_path() / "kvevict-llama-dump";
+  std::filesystem::remove_all(dir);
+  const std::string p = std::string(KVEVICT_PROMPTS) + "/inside-1024-050-0.txt";
+  ASSERT_EQ(std::system((std::string(KVEVICT_LLAMA_CLI) + " dump --model " + KVEVICT_TINY_MODEL +
+                         " --prompt-file " + p + " --layer 2 --out " + dir + " > /dev/null")
+                            .c_str()),
+            0);
+  for (const char* f : {"keys.npy", "values.npy", "queries.npy", "wo.npy"})
+    EXPECT_TRUE(std::filesystem::exists(dir + "/" + f)) << f;
+  const std::string out = dir + "/eval.csv";
+  ASSERT_EQ(std::system((std::string(KVEVICT_CLI) + " eval --keys " + dir + "/keys.npy --values " +
+                         dir + "/values.npy --queries " + dir + "/queries.npy --wo " + dir +
+                         "/wo.npy --policies snapkv,criticalkv --ratios 0.2 --csv " + out +
+                         " > /dev/null")
+                            .c_str()),
+            0);
+  EXPECT_NE(read(out).find("criticalkv"), std::string::npos);
+#else
+  GTEST_SKIP() << "the kvevict command is not built";
+#endif
+}
+
+}  // namespace
+}  // namespace kvevict::llama
