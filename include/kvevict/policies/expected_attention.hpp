@@ -6,6 +6,7 @@
 /// \brief ExpectedAttention: the attention future queries are expected to pay each key, from
 /// the statistics of the past queries — no attention matrix of the past needed.
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -64,8 +65,10 @@ struct ExpectedAttentionParams {
 /// recomputes them from hidden states with q_proj); ties keep the more recent token; kept tokens
 /// stay in position order; sums in double.
 ///
-/// - Complexity per query head O(N·d² + n·d²) (the quadratic form per key), per KV head
-///   O(n·d); scratch q_heads · n + d² + … floats from `ws`.
+/// - Complexity per query head O(N·d + n·N·d): kᵀΣ'k is evaluated as (1/N) Σ_j ((R̄x_j)·k)²
+///   (x_j the centred pre-RoPE queries), one GEMM over the keys, never as a d × d form per key;
+///   per KV head O(n·d) to read its keys. Scratch from `ws`: kv_heads · n floats (the scores)
+///   plus (n − sinks)·(d + N + 1) doubles.
 class ExpectedAttention : public OneShot<ExpectedAttention> {
  public:
   static constexpr std::string_view name = "expected_attention";
@@ -143,8 +146,12 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
       cbar[static_cast<std::size_t>(i)] = c / static_cast<double>(params_.n_future);
       sbar[static_cast<std::size_t>(i)] = s / static_cast<double>(params_.n_future);
     }
-    std::vector<double> q(static_cast<std::size_t>(d)), mu(q.size()), mu2(q.size()),
-        cov(static_cast<std::size_t>(d * d)), tmp(cov.size()), cov2(cov.size()), k(q.size());
+    using RowMajor = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    std::vector<double> q(static_cast<std::size_t>(d)), mu(q.size()), mu2(q.size()), k(q.size()),
+        y(static_cast<std::size_t>(count * d));
+    const auto keys = ws.take<double>((n - sinks) * d);  // one KV head's keys
+    const auto lin = ws.take<double>(n - sinks);
+    const auto proj = ws.take<double>(params_.use_covariance ? (n - sinks) * count : 0);
     const auto rotate_pairs = [&](std::vector<double>& x, std::span<const double> c,
                                   std::span<const double> s) {
       for (index_t i = 0; i < half; ++i) {
@@ -162,7 +169,6 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
     for (index_t h = 0; h < q_heads; ++h) {
       // pre-RoPE statistics of this head's queries after the sinks
       std::fill(mu.begin(), mu.end(), 0.0);
-      std::fill(cov.begin(), cov.end(), 0.0);
       std::vector<double> pre(static_cast<std::size_t>(count * d));
       for (index_t j = 0; j < count; ++j) {
         const index_t pos = first + j;
@@ -185,55 +191,48 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
               q[static_cast<std::size_t>(e)] / static_cast<double>(count);
         }
       }
-      if (params_.use_covariance)
-        for (index_t j = 0; j < count; ++j)
-          for (index_t a = 0; a < d; ++a) {
-            const double xa =
-                pre[static_cast<std::size_t>(j * d + a)] - mu[static_cast<std::size_t>(a)];
-            for (index_t b = 0; b < d; ++b)
-              cov[static_cast<std::size_t>(a * d + b)] +=
-                  xa *
-                  (pre[static_cast<std::size_t>(j * d + b)] - mu[static_cast<std::size_t>(b)]) /
-                  static_cast<double>(count);
-          }
-      // μ' = R̄μ; Σ' = R̄ΣR̄ᵀ (rows then columns)
+      // μ' = R̄μ. Σ' = R̄ΣR̄ᵀ with Σ = (1/N) Σ_j x_j x_jᵀ (x_j = q_j − μ), so for any key
+      // kᵀΣ'k = (1/N) Σ_j ((R̄x_j)·k)²: one GEMM K·Yᵀ (tokens × N, Y's rows R̄x_j) instead of a
+      // d × d quadratic form per token — the same value, O(n·N·d) instead of O(n·d²).
       mu2 = mu;
       rotate_pairs(mu2, cbar, sbar);
-      if (params_.use_covariance) {
-        for (index_t col = 0; col < d; ++col) {  // R̄ Σ: rotate every column
-          for (index_t r = 0; r < d; ++r)
-            k[static_cast<std::size_t>(r)] = cov[static_cast<std::size_t>(r * d + col)];
-          rotate_pairs(k, cbar, sbar);
-          for (index_t r = 0; r < d; ++r)
-            tmp[static_cast<std::size_t>(r * d + col)] = k[static_cast<std::size_t>(r)];
-        }
-        for (index_t r = 0; r < d; ++r) {  // (R̄ Σ) R̄ᵀ: rotate every row
-          for (index_t c = 0; c < d; ++c)
-            k[static_cast<std::size_t>(c)] = tmp[static_cast<std::size_t>(r * d + c)];
-          rotate_pairs(k, cbar, sbar);
-          for (index_t c = 0; c < d; ++c)
-            cov2[static_cast<std::size_t>(r * d + c)] = k[static_cast<std::size_t>(c)];
-        }
+      for (index_t j = 0; j < count; ++j) {
+        for (index_t e = 0; e < d; ++e)
+          k[static_cast<std::size_t>(e)] =
+              pre[static_cast<std::size_t>(j * d + e)] - mu[static_cast<std::size_t>(e)];
+        rotate_pairs(k, cbar, sbar);
+        for (index_t e = 0; e < d; ++e)
+          y[static_cast<std::size_t>(j * d + e)] = k[static_cast<std::size_t>(e)];
       }
       // expected logits over the non-sink keys, softmax, added to the group's mean
-      const index_t kvh = h / g;
+      const index_t kvh = h / g, m = n - sinks;
+      if (h % g == 0)  // this KV head's keys as doubles, once for its g query heads
+        for (index_t t = sinks; t < n; ++t) {
+          const auto kk = kv.key(kvh, t);
+          for (index_t e = 0; e < d; ++e)
+            keys[static_cast<std::size_t>((t - sinks) * d + e)] =
+                to_float(kk[static_cast<std::size_t>(e)]);
+        }
+      const Eigen::Map<const RowMajor> K(keys.data(), m, d);
+      const Eigen::Map<const Eigen::VectorXd> M(mu2.data(), d);
+      Eigen::Map<Eigen::VectorXd> L(lin.data(), m);
+      L.noalias() = K * M;
+      if (params_.use_covariance) {
+        const Eigen::Map<const RowMajor> Y(y.data(), count, d);
+        Eigen::Map<RowMajor> P(proj.data(), m, count);
+        P.noalias() = K * Y.transpose();
+      }
       double max = -INFINITY;
       for (index_t t = sinks; t < n; ++t) {
-        const auto kk = kv.key(kvh, t);
-        for (index_t e = 0; e < d; ++e)
-          k[static_cast<std::size_t>(e)] = to_float(kk[static_cast<std::size_t>(e)]);
-        double lin = 0, quad = 0;
-        for (index_t e = 0; e < d; ++e)
-          lin += mu2[static_cast<std::size_t>(e)] * k[static_cast<std::size_t>(e)];
-        if (params_.use_covariance)
-          for (index_t a = 0; a < d; ++a) {
-            double row = 0;
-            for (index_t b = 0; b < d; ++b)
-              row += cov2[static_cast<std::size_t>(a * d + b)] * k[static_cast<std::size_t>(b)];
-            quad += k[static_cast<std::size_t>(a)] * row;
-          }
+        double quad = 0;
+        if (params_.use_covariance) {
+          const double* row = proj.data() + (t - sinks) * count;
+          for (index_t j = 0; j < count; ++j) quad += row[j] * row[j];
+          quad /= static_cast<double>(count);
+        }
         const double l =
-            lin / std::sqrt(static_cast<double>(d)) + quad / (2.0 * static_cast<double>(d));
+            lin[static_cast<std::size_t>(t - sinks)] / std::sqrt(static_cast<double>(d)) +
+            quad / (2.0 * static_cast<double>(d));
         if (!std::isfinite(l))
           detail::fail("keys", "finite values", "a non-finite key at KV head ", kvh, ", token ", t);
         probs[static_cast<std::size_t>(t)] = l;
