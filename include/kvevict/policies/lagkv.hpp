@@ -149,9 +149,6 @@ class LagKV : public OneShot<LagKV> {
       const auto x = row(t);
       for (index_t c = 0; c < d; ++c) {
         const double v = to_float(x[static_cast<std::size_t>(c)]);
-        if (!std::isfinite(v))
-          detail::fail(keys ? "keys" : "values", "finite values", "a non-finite entry at KV head ",
-                       h, ", token ", t);
         lo[static_cast<std::size_t>(c)] = std::min(lo[static_cast<std::size_t>(c)], v);
         hi[static_cast<std::size_t>(c)] = std::max(hi[static_cast<std::size_t>(c)], v);
       }
@@ -163,9 +160,6 @@ class LagKV : public OneShot<LagKV> {
       for (index_t c = 0; c < d; ++c) {
         const double range = hi[static_cast<std::size_t>(c)] - lo[static_cast<std::size_t>(c)];
         const double v = to_float(x[static_cast<std::size_t>(c)]);
-        if (!std::isfinite(v))
-          detail::fail(keys ? "keys" : "values", "finite values", "a non-finite entry at KV head ",
-                       h, ", token ", begin + i);
         const double z = range > 0 ? (v - lo[static_cast<std::size_t>(c)]) / range : 0.0;
         mean += z;
         sq += z * z;
