@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 class Config:
     vocab: int = 4096
     dim: int = 256
-    layers: int = 6
+    layers: int = 4
     heads: int = 8
     kv_heads: int = 2
     ffn: int = 768

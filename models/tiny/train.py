@@ -56,13 +56,14 @@ sys.path.insert(0, HERE)
 import data  # noqa: E402
 from model import Config, Llama  # noqa: E402
 
-# (steps, batch, sequence length, passkey share, copy share); the rest is running text. A copy
-# share of 1 means copy sequences over the 64-token pool alone (see `copy_sequence`): the first
-# phase, where the induction head forms.
-PHASES = [(500, 16, 64, 0.0, 1.0), (300, 16, 64, 0.5, 0.3), (300, 16, 128, 0.6, 0.2),
-          (200, 16, 256, 0.5, 0.05), (150, 8, 512, 0.5, 0.0), (100, 4, 1024, 0.5, 0.0),
-          (150, 2, 2048, 0.5, 0.0)]
-PEAK_LR, WARMUP, MIN_LR_FRACTION = 1e-3, 30, 0.1
+# Phases: (sequence length, batch, passkey share, most steps). The rest of each batch is
+# running text. A phase ends early once greedy passkey accuracy at its length reaches
+# ADVANCE on the evaluation keys (checked every --eval-every steps); the last phase always runs
+# its full steps, with the learning rate decaying over it. The schedule is therefore a
+# function of the seed alone (the evaluation is deterministic), and a resumed run follows it.
+PHASES = [(64, 32, 0.7, 750), (128, 16, 0.6, 600), (256, 8, 0.5, 400), (512, 4, 0.5, 300),
+          (1024, 2, 0.5, 250), (2048, 1, 0.5, 400)]
+PEAK_LR, WARMUP, MIN_LR_FRACTION, ADVANCE = 1.5e-3, 50, 0.1, 0.9
 
 
 def train_key(rng):
@@ -98,67 +99,33 @@ def passkey_sequence(tok, rng, T):
     return ids[:T + 1]
 
 
-def copy_sequence(tok, rng, T, pool_only=False):
-    """BOS + spans written two to four times in a row (`a b c a b c …`) until T + 1 tokens: the
-    cheapest data on which a model learns to copy what followed an earlier match (an induction
-    head), the mechanism passkey retrieval needs. Spans draw from a pool of 64 tokens, where
-    each token recurs often enough for the copy to be learnt fast (on all 3837 tokens at once
-    the same model needed several times the steps) — only from it with `pool_only`; otherwise
-    40% from the pool, 40% are numbers as the passkey writes them (`▁` then 5–10 digits), 20%
-    from the whole vocabulary."""
-    ids = [tok.sp.bos_id()]
-    first = 259  # past <unk>, <s>, </s> and the 256 byte pieces
-    digits = tok.sp.encode("0123456789")[-10:]
-    space = tok.sp.encode(" 7")[0]  # the "▁" piece before a number
-    while len(ids) <= T:
-        u = 0.0 if pool_only else rng.random()
-        if u < 0.4:
-            span = rng.integers(first, first + 64, int(rng.integers(4, 13))).tolist()
-        elif u < 0.8:
-            span = [space] + [digits[d] for d in rng.integers(0, 10, int(rng.integers(5, 11)))]
-        else:
-            span = rng.integers(first, tok.sp.vocab_size(), int(rng.integers(4, 13))).tolist()
-        ids.extend(span * int(rng.integers(2, 4 if pool_only else 5)))
-    return ids[:T + 1]
-
-
-def batch(tok, seed, step, B, T, share, copy_share=0.0):
+def batch(tok, seed, step, B, T, share):
     rng = np.random.default_rng([seed, step])
-    rows = []
-    for _ in range(B):
-        u = rng.random()
-        if u < copy_share:
-            rows.append(copy_sequence(tok, rng, T, pool_only=copy_share >= 1.0))
-        elif u < copy_share + share:
-            rows.append(passkey_sequence(tok, rng, T))
-        else:
-            rows.append(lm_sequence(tok, rng, T))
+    rows = [passkey_sequence(tok, rng, T) if rng.random() < share else lm_sequence(tok, rng, T)
+            for _ in range(B)]
     return torch.tensor(rows, dtype=torch.long)
 
 
-def lr_at(step, total):
+def lr_at(step, last_start):
+    """Warm-up, then PEAK_LR until the last phase (which starts at step `last_start`, or None
+    before it is reached), then cosine to MIN_LR_FRACTION over the last phase's steps."""
     if step < WARMUP:
         return PEAK_LR * (step + 1) / WARMUP
-    p = (step - WARMUP) / max(1, total - WARMUP)
+    if last_start is None:
+        return PEAK_LR
+    p = min(1.0, (step - last_start) / PHASES[-1][3])
     return PEAK_LR * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def phase_of(step):
-    s = 0
-    for steps, B, T, share, copy in PHASES:
-        if step < s + steps:
-            return B, T, share, copy
-        s += steps
-    raise IndexError(step)
-
-
 @torch.no_grad()
-def passkey_accuracy(model, tok, length, count, seed, batch_size=2):
-    """Share of `count` prompts (≤ length tokens, depths spread evenly, evaluation keys) whose
-    key the model produces greedily. Teacher forcing: greedy decoding yields the key exactly
-    when the argmax at every answer position is the answer's token, so one forward suffices."""
+def passkey_accuracy(model, tok, length, count, seed, batch_size=4):
+    """(share of `count` prompts whose key the model produces greedily, mean NLL in nats of the
+    answer's digits) over prompts of ≤ length tokens, depths spread evenly, evaluation keys.
+    Teacher forcing: greedy decoding yields the key exactly when the argmax at every answer
+    position is the answer's token, so one forward suffices. The NLL shows progress before
+    accuracy does: ln 10 ≈ 2.30 is a model that knows a digit comes but not which."""
     rng = np.random.default_rng([seed, length, 7])
-    hits = 0
+    hits, nll, digits = 0, 0.0, 0
     items = []
     for i in range(count):
         depth = i / max(1, count - 1)
@@ -171,11 +138,14 @@ def passkey_accuracy(model, tok, length, count, seed, batch_size=2):
         ids = torch.zeros(len(group), width, dtype=torch.long)
         for r, (p, a) in enumerate(group):
             ids[r, :len(p) + len(a)] = torch.tensor(p + a)
-        pred = model(ids).argmax(-1)
+        logits = model(ids)
+        pred = logits.argmax(-1)
         for r, (p, a) in enumerate(group):
-            got = pred[r, len(p) - 1:len(p) - 1 + len(a)].tolist()
-            hits += int(got == a)
-    return hits / count
+            span = slice(len(p) - 1, len(p) - 1 + len(a))
+            hits += int(pred[r, span].tolist() == a)
+            nll += F.cross_entropy(logits[r, span], torch.tensor(a), reduction="sum").item()
+            digits += len(a)
+    return hits / count, nll / digits
 
 
 @torch.no_grad()
@@ -198,7 +168,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save-every", type=int, default=20)
-    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--tokenizer", default=os.path.join(HERE, "tokenizer.model"))
     args = ap.parse_args()
 
@@ -217,15 +187,14 @@ def main():
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
                              {"params": rest, "weight_decay": 0.0}],
                             lr=PEAK_LR, betas=(0.9, 0.95), eps=1e-8)
-    total = sum(p[0] for p in PHASES)
-    step = 0
+    step, phase, phase_start = 0, 0, 0
     ckpt = os.path.join(args.out, "checkpoint.pt")
     if os.path.exists(ckpt):
         state = torch.load(ckpt)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        step = state["step"]
-        print(f"resumed at step {step}", flush=True)
+        step, phase, phase_start = state["step"], state["phase"], state["phase_start"]
+        print(f"resumed at step {step} (phase {phase})", flush=True)
     log = open(os.path.join(args.out, "train.log"), "a")
 
     def record(obj):
@@ -234,16 +203,24 @@ def main():
         log.flush()
         print(json.dumps(obj), flush=True)
 
+    def save():
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                    "phase": phase, "phase_start": phase_start, "config": cfg.to_dict()},
+                   ckpt + ".tmp")
+        os.replace(ckpt + ".tmp", ckpt)
+
     if step == 0:
         record({"event": "start", "config": cfg.to_dict(), "params": model.parameters_count(),
-                "phases": PHASES, "seed": args.seed, "threads": args.threads,
-                "torch": torch.__version__})
-    while step < total:
-        B, T, share, copy = phase_of(step)
+                "phases": PHASES, "peak_lr": PEAK_LR, "advance": ADVANCE, "seed": args.seed,
+                "threads": args.threads, "torch": torch.__version__})
+    last = len(PHASES) - 1
+    while phase <= last:
+        T, B, share, most = PHASES[phase]
         t0 = time.time()
-        ids = batch(train_tok, args.seed, step, B, T, share, copy)
+        ids = batch(train_tok, args.seed, step, B, T, share)
+        lr = lr_at(step, phase_start if phase == last else None)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, total)
+            g["lr"] = lr
         model.train()
         logits = model(ids[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, cfg.vocab), ids[:, 1:].reshape(-1))
@@ -253,21 +230,25 @@ def main():
         opt.step()
         step += 1
         record({"step": step, "T": T, "loss": round(loss.item(), 4),
-                "grad_norm": round(float(norm), 3), "lr": round(lr_at(step - 1, total), 6),
+                "grad_norm": round(float(norm), 3), "lr": round(lr, 6),
                 "seconds": round(time.time() - t0, 2)})
-        boundary = step == total or phase_of(step)[1] != T
-        if step % args.eval_every == 0 or boundary:
+        done_steps = step - phase_start
+        if done_steps % args.eval_every == 0 or done_steps == most:
             model.eval()
-            ev = {"event": "eval", "step": step,
+            acc, nll = passkey_accuracy(model, valid_tok, T, 16, args.seed)
+            ev = {"event": "eval", "step": step, "phase": phase,
                   "valid_nll": round(validation_nll(model, valid_tok, 512, 4, args.seed), 4),
-                  f"passkey@{T}": passkey_accuracy(model, valid_tok, T, 8, args.seed)}
-            if boundary:
-                ev["passkey@2048"] = passkey_accuracy(model, valid_tok, 2048, 12, args.seed)
+                  f"passkey@{T}": acc, "answer_nll": round(nll, 4)}
+            advance = done_steps == most or (phase < last and acc >= ADVANCE)
+            if advance and T != 2048:
+                ev["passkey@2048"], ev["answer_nll@2048"] = passkey_accuracy(
+                    model, valid_tok, 2048, 12, args.seed)
             record(ev)
-        if step % args.save_every == 0 or boundary:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "config": cfg.to_dict()}, ckpt + ".tmp")
-            os.replace(ckpt + ".tmp", ckpt)
+            if advance:
+                phase, phase_start = phase + 1, step
+                save()
+        if step % args.save_every == 0:
+            save()
     torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "step": step},
                os.path.join(args.out, "final.pt"))
     record({"event": "done", "step": step})
