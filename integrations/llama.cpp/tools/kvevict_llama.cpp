@@ -358,21 +358,30 @@ int passkey(int argc, char** argv) {
       s.prefill(tokens);
       const auto full = s.save();
       const auto finish = [&]() {
+        s.capture_qkv(false);  // nothing is compressed after this point
         if (!in) s.prefill(question);
         return digits_of(s.generate(key_tokens));
       };
       record("full", "-", 1.0, placement, p, finish(), n);
-      for (const double ratio : ratios) {
-        const index_t budget = std::max<index_t>(1, static_cast<index_t>(std::lround(ratio * n)));
-        for (const auto& [name, policy] : policies) {
+      const auto budget_of = [&](double ratio) {
+        return std::max<index_t>(1, static_cast<index_t>(std::lround(ratio * n)));
+      };
+      for (const auto& [name, policy] : policies) {  // scored once, chosen at every ratio
+        s.restore(full);
+        const auto scores = s.score(policy, window);
+        for (const double ratio : ratios) {
           s.restore(full);
-          s.compress(policy, budget_free(policy) ? Budget::none() : Budget::tokens(budget),
-                     kl::PositionMode::keep, window);
+          s.compress(policy, scores,
+                     budget_free(policy) ? Budget::none() : Budget::tokens(budget_of(ratio)));
           const index_t kept = s.cached();
           record(name, "one-shot", ratio, placement, p, finish(), kept);
         }
+      }
+      for (const double ratio : ratios) {
+        const index_t budget = budget_of(ratio);
         for (const auto& [name, policy] : streams) {
           s.reset();
+          s.capture_qkv(false);  // the stream reads probabilities, not Q/K/V
           s.stream(policy, budget, kl::PositionMode::keep);
           s.prefill(tokens);
           const index_t kept = s.cached();
@@ -464,16 +473,23 @@ int continuation(int argc, char** argv) {
     s.reset();
     s.prefill(head);
     const auto full = s.save();
-    record("full", 1.0, w, s.nll(tail));
-    for (const double ratio : ratios)
-      for (const auto& [name, policy] : policies) {
+    const auto score_tail = [&]() {
+      s.capture_qkv(false);  // nothing is compressed while the continuation is scored
+      return s.nll(tail);
+    };
+    record("full", 1.0, w, score_tail());
+    for (const auto& [name, policy] : policies) {  // scored once, chosen at every ratio
+      s.restore(full);
+      const auto scores = s.score(policy, window);
+      for (const double ratio : ratios) {
         s.restore(full);
         const auto n = static_cast<index_t>(head.size());
         const index_t budget = std::max<index_t>(1, static_cast<index_t>(std::lround(ratio * n)));
-        s.compress(policy, budget_free(policy) ? Budget::none() : Budget::tokens(budget), mode,
-                   window);
-        record(name, ratio, w, s.nll(tail));
+        s.compress(policy, scores, budget_free(policy) ? Budget::none() : Budget::tokens(budget),
+                   mode);
+        record(name, ratio, w, score_tail());
       }
+    }
   }
   if (csv != nullptr) std::fclose(csv);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -312,7 +312,7 @@ class Session {
         path_(std::move(gguf_path)),
         shape_(ModelShape::of(model)),
         capture_(shape_) {
-    capture_.qkv = options.capture_qkv;
+    capture_.qkv = capture_default_ = options.capture_qkv;
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = static_cast<std::uint32_t>(options.n_ctx > 0 ? options.n_ctx : shape_.context);
     cp.n_batch = static_cast<std::uint32_t>(options.n_batch);
@@ -457,6 +457,34 @@ class Session {
                             PositionMode mode = PositionMode::keep, index_t window = 0,
                             LayerCombine combine = LayerCombine::mean) {
     const auto t0 = clock::now();
+    const LayerScores scores = score(policy, window);
+    timing_.kvevict += seconds_since(t0);
+    return compress(policy, scores, budget, mode, combine);
+  }
+
+  /// Every layer's scores of a one-shot policy over the cached tokens, owned: what `compress`
+  /// chooses from. Scoring once and choosing several budgets from a restored `Snapshot` is how
+  /// `kvevict-llama passkey` sweeps budgets (a policy's scores do not depend on the budget).
+  class LayerScores {
+   public:
+    LayerScores() = default;
+    // Move-only: the scores are spans into `owned_`'s buffers, which a move keeps (a copy would
+    // point into the original's).
+    LayerScores(LayerScores&&) noexcept = default;
+    LayerScores& operator=(LayerScores&&) noexcept = default;
+    LayerScores(const LayerScores&) = delete;
+    LayerScores& operator=(const LayerScores&) = delete;
+    std::span<const Scores> layers() const noexcept { return layers_; }
+    index_t tokens() const noexcept { return layers_.empty() ? 0 : layers_[0].tokens; }
+
+   private:
+    friend class Session;
+    std::vector<Scores> layers_;
+    std::vector<std::vector<float>> owned_;
+  };
+
+  /// `LayerScores` of `policy` (see `compress` for `window`).
+  LayerScores score(const AnyPolicy& policy, index_t window = 0) {
     const index_t n = cached();
     if (!capture_.qkv) detail::fail("compress", "a session that captures Q/K/V", "capture off");
     if (capture_.tokens() != n)
@@ -464,10 +492,15 @@ class Session {
                    capture_.tokens());
     if ((info_of(policy).reads & reads_output_projection) != 0 && !wo_) wo_.emplace(path_, shape_);
     const index_t w = window > 0 ? std::min(window, n) : n;
-    std::vector<Scores> layers;
-    layers.reserve(static_cast<std::size_t>(shape_.layers));
+    LayerScores out;
+    out.layers_.reserve(static_cast<std::size_t>(shape_.layers));
     Workspace::Frame frame(ws_);
     const index_t d = shape_.head_dim;
+    const auto own = [&](std::span<const float> x) -> std::span<const float> {
+      if (x.empty()) return x;
+      out.owned_.emplace_back(x.begin(), x.end());
+      return out.owned_.back();
+    };
     for (index_t l = 0; l < shape_.layers; ++l) {
       const KVCache<float> kv =
           KVCache<float>(
@@ -478,13 +511,27 @@ class Session {
               .with_layer(l);
       const QueryWindow<float> q(capture_.queries(l).data() + (n - w) * shape_.heads * d,
                                  shape_.heads, w, d, d, shape_.heads * d);
-      layers.push_back(score_layer(policy, kv, q, l));
+      Scores sc = score_layer(policy, kv, q, l);
+      sc.values = own(sc.values);
+      sc.second = own(sc.second);
+      out.layers_.push_back(sc);
     }
+    return out;
+  }
+
+  /// Compresses the cache to `budget` choosing from `scores` (from `score` on these same
+  /// cached tokens, e.g. before a `restore`), then `llama_memory_seq_rm` per evicted range.
+  const Selection& compress(const AnyPolicy& policy, const LayerScores& scores, Budget budget,
+                            PositionMode mode = PositionMode::keep,
+                            LayerCombine combine = LayerCombine::mean) {
+    if (scores.tokens() != cached())
+      detail::fail("scores", detail::cat("scores of the ", cached(), " cached tokens"),
+                   scores.tokens(), " tokens");
+    const auto t0 = clock::now();
     Choice c{.budget = budget, .granularity = Granularity::layers, .combine = combine};
-    std::visit([&](const auto& p) { choose_with(p, layers, c); }, policy);
-    const double chose = seconds_since(t0);
+    std::visit([&](const auto& p) { choose_with(p, scores.layers(), c); }, policy);
+    timing_.kvevict += seconds_since(t0);
     apply(selection_, mode);
-    timing_.kvevict += chose;
     return selection_;
   }
 
@@ -573,6 +620,15 @@ class Session {
     evicted_ = snapshot.evicted;
   }
 
+  /// Stops (or resumes) capturing Q/K/V in the following decodes: decoding is faster without
+  /// (the eval callback then splits llama.cpp's graph at fewer nodes), for a continuation no
+  /// later `compress` needs. `compress` refuses until a `restore` or `reset` (which bring back
+  /// a snapshot's capture, or the session's option).
+  void capture_qkv(bool on) {
+    if (on && !capture_.qkv) capture_.clear();  // what was not captured cannot be resumed
+    capture_.qkv = on;
+  }
+
   /// Empties the sequence's cache and detaches any stream or periodic re-compression: the
   /// session is as new (its context and model stay).
   void reset() {
@@ -580,6 +636,7 @@ class Session {
     stream_.reset();
     periodic_.reset();
     capture_.clear();
+    capture_.qkv = capture_default_;
     capture_.probabilities = false;
     positions_.clear();
     original_.clear();
@@ -839,6 +896,7 @@ class Session {
   std::vector<float> rows_, scratch_;
   std::optional<Periodic> periodic_;
   std::vector<float> restored_logits_;  // `logits()` until the next decode, after `restore`
+  bool capture_default_ = true;         // Options::capture_qkv
 };
 
 }  // namespace kvevict::llama
