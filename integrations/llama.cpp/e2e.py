@@ -117,8 +117,12 @@ def main():
     ap.add_argument("--keys", type=int, default=10)
     ap.add_argument("--stream-keys", type=int, default=2)
     ap.add_argument("--ppl-tokens", type=int, default=8192)
+    ap.add_argument("--windows", type=int, default=4, help="continuation windows")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lengths", default="1024,2048")
+    ap.add_argument("--policies", default=None, help="one-shot policies (default: every one)")
+    ap.add_argument("--streaming", default=",".join(STREAMING),
+                    help="streaming policies for the passkey (over the prompt) and ppl parts")
     ap.add_argument("--skip", default="", help="parts to skip: passkey,stream,ppl,continuation,attention")
     args = ap.parse_args()
     llama = os.path.join(args.bin, "integrations", "llama.cpp", "kvevict-llama")
@@ -134,16 +138,19 @@ def main():
         run(["/usr/bin/python3", os.path.join(TINY, "passkey.py"), "--out", prompts,
              "--keys", str(max(args.keys, args.stream_keys))] + cache, log)
 
+    one_shot = ["--policies", args.policies] if args.policies else []
+    streaming = [p for p in args.streaming.split(",") if p]
     if "passkey" not in skip:
         _, timing["passkey"] = run([llama, "passkey", "--model", args.model, "--prompts", prompts,
-                                    "--keys", str(args.keys), "--ratios", RATIOS, "--lengths", args.lengths, "--csv",
-                                    os.path.join(args.out, "passkey.csv")] + th, log)
+                                    "--keys", str(args.keys), "--ratios", RATIOS, "--lengths",
+                                    args.lengths, "--csv", os.path.join(args.out, "passkey.csv")]
+                                   + one_shot + th, log)
     if "stream" not in skip:
         _, timing["passkey_stream"] = run(
             [llama, "passkey", "--model", args.model, "--prompts", prompts, "--keys",
              str(args.stream_keys), "--ratios", RATIOS, "--lengths", args.lengths,
              "--policies", "", "--streaming",
-             ",".join(s for s in STREAMING if s != "corm"), "--csv",
+             ",".join(s for s in streaming if s != "corm"), "--csv",
              os.path.join(args.out, "passkey_stream.csv")] + th, log)
 
     text = os.path.join(args.out, "test.txt")
@@ -161,7 +168,7 @@ def main():
             r = json.loads(out.strip().splitlines()[-1])
             f.write(f"full (sliding 2048),2048,{r['mean_cache']},{r['tokens']},{r['nll']},"
                     f"{r['ppl']}\n")
-            for p in STREAMING:
+            for p in streaming:
                 for c in ([1024] if p == "corm" else CACHES):
                     out, _ = run([llama, "ppl", "--model", args.model, "--text-file", text,
                                   "--max-tokens", str(args.ppl_tokens), "--policy", p,
@@ -172,8 +179,9 @@ def main():
         timing["ppl"] = time.time() - t0
     if "continuation" not in skip:
         _, timing["continuation"] = run(
-            [llama, "continuation", "--model", args.model, "--text-file", text, "--windows", "4",
-             "--csv", os.path.join(args.out, "continuation.csv")] + th, log)
+            [llama, "continuation", "--model", args.model, "--text-file", text, "--windows",
+             str(args.windows), "--csv", os.path.join(args.out, "continuation.csv")]
+            + one_shot + th, log)
     if "attention" not in skip:
         t0 = time.time()
         real = []
@@ -188,7 +196,7 @@ def main():
                 break
             run([kvevict, "eval", "--keys", f"{d}/keys.npy", "--values", f"{d}/values.npy",
                  "--queries", f"{d}/queries.npy", "--wo", f"{d}/wo.npy", "--ratios", "0.2",
-                 "--csv", f"{d}/eval.csv"], log)
+                 "--csv", f"{d}/eval.csv"] + one_shot, log)
             for r in rows(f"{d}/eval.csv"):
                 r["layer"] = layers
                 real.append(r)
@@ -198,7 +206,7 @@ def main():
             w.writeheader()
             w.writerows(real)
         run([kvevict, "eval", "--workload", "default", "--ratios", "0.2", "--csv",
-             os.path.join(args.out, "synthetic.csv")], log)
+             os.path.join(args.out, "synthetic.csv")] + one_shot, log)
         timing["attention"] = time.time() - t0
     report(args.out, timing)
 
