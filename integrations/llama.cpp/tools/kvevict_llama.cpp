@@ -159,12 +159,6 @@ int ppl(int argc, char** argv) {
     tokens.resize(std::min<std::size_t>(
         tokens.size(),
         static_cast<std::size_t>(parse_count("--max-tokens", args.get("--max-tokens")))));
-  const auto nll_of = [](std::span<const float> logits, llama_token next) {
-    const float mx = *std::max_element(logits.begin(), logits.end());
-    double sum = 0;
-    for (float x : logits) sum += std::exp(static_cast<double>(x - mx));
-    return std::log(sum) + mx - logits[static_cast<std::size_t>(next)];
-  };
   double nll = 0;
   index_t count = 0;
   double mean_cache = 0;
@@ -180,7 +174,7 @@ int ppl(int argc, char** argv) {
       const std::vector<llama_token> head(tokens.begin() + begin, tokens.begin() + end + 1);
       auto logits = s.prefill(head);
       for (index_t i = end; i < stop; ++i) {
-        nll += nll_of(logits, tokens[static_cast<std::size_t>(i + 1)]);
+        nll += kl::token_nll(logits, tokens[static_cast<std::size_t>(i + 1)]);
         ++count;
         mean_cache += static_cast<double>(s.cached());
         logits = s.step(tokens[static_cast<std::size_t>(i + 1)]);
@@ -202,7 +196,7 @@ int ppl(int argc, char** argv) {
     s.stream(policy, budget, positions(args, kl::PositionMode::shift));
     auto logits = s.step(tokens[0]);
     for (std::size_t i = 1; i < tokens.size(); ++i) {
-      nll += nll_of(logits, tokens[i]);
+      nll += kl::token_nll(logits, tokens[i]);
       ++count;
       mean_cache += static_cast<double>(s.cached());
       logits = s.step(tokens[i]);
@@ -220,6 +214,34 @@ std::vector<std::string> split_list(const std::string& text) {
   for (std::string item; std::getline(in, item, ',');)
     if (!item.empty()) out.push_back(item);
   return out;
+}
+
+/// `--ratios a,b,…` (each in (0, 1]), or `fallback`.
+std::vector<double> ratio_list(const Args& args, const std::string& fallback) {
+  std::vector<double> ratios;
+  for (const auto& r : split_list(args.get("--ratios", fallback))) {
+    const double x = detail::parse_real("--ratios", r);
+    if (!(x > 0 && x <= 1)) fail("--ratios", "ratios in (0, 1]", x);
+    ratios.push_back(x);
+  }
+  return ratios;
+}
+
+/// `--policies a,b,…` (specs, `name:k=v` allowed), or every policy of the registry.
+std::vector<std::string> policy_list(const Args& args) {
+  if (args.has("--policies")) return split_list(args.get("--policies"));
+  std::vector<std::string> all;
+  for (auto n : policy_names()) all.emplace_back(n);
+  return all;
+}
+
+/// The `--csv` file opened with its header line, or nullptr without `--csv`.
+std::FILE* open_csv(const Args& args, const char* header) {
+  if (!args.has("--csv")) return nullptr;
+  std::FILE* csv = std::fopen(args.get("--csv").c_str(), "w");
+  if (csv == nullptr) fail("--csv", "a writable file", "'", args.get("--csv"), "'");
+  std::fprintf(csv, "%s\n", header);
+  return csv;
 }
 
 /// One prompt of the manifest `models/tiny/passkey.py` writes (`manifest.tsv`).
@@ -269,21 +291,11 @@ int passkey(int argc, char** argv) {
   const auto lengths = split_list(args.get("--lengths", "1024,2048"));
   const index_t keys = parse_count("--keys", args.get("--keys", "1000000"));
   const index_t window = parse_count("--window", args.get("--window", "0"));
-  std::vector<double> ratios;
-  for (const auto& r : split_list(args.get("--ratios", "0.1,0.2,0.3,0.5"))) {
-    const double x = detail::parse_real("--ratios", r);
-    if (!(x > 0 && x <= 1)) fail("--ratios", "ratios in (0, 1]", x);
-    ratios.push_back(x);
-  }
+  const std::vector<double> ratios = ratio_list(args, "0.1,0.2,0.3,0.5");
   const auto placements = split_list(args.get("--placements", "inside,after"));
   for (const auto& p : placements)
     if (p != "inside" && p != "after") fail("--placements", "inside and/or after", "'", p, "'");
-  std::vector<std::string> one_shot;
-  if (args.has("--policies")) {
-    one_shot = split_list(args.get("--policies"));
-  } else {
-    for (auto n : policy_names()) one_shot.emplace_back(n);
-  }
+  const std::vector<std::string> one_shot = policy_list(args);
   const auto streaming = split_list(args.get("--streaming", ""));
   for (const auto& n : streaming)
     if (!policy_info(n.substr(0, n.find(':'))).streaming)
@@ -310,12 +322,8 @@ int passkey(int argc, char** argv) {
     streams.emplace_back(spec, make_policy(spec.substr(0, spec.find(':')),
                                            {.settings = settings(args), .seed = seed(args)}));
 
-  std::FILE* csv = nullptr;
-  if (args.has("--csv")) {
-    csv = std::fopen(args.get("--csv").c_str(), "w");
-    if (csv == nullptr) fail("--csv", "a writable file", "'", args.get("--csv"), "'");
-    std::fprintf(csv, "policy,mode,ratio,placement,length,depth,key,answer,correct,kept\n");
-  }
+  std::FILE* csv =
+      open_csv(args, "policy,mode,ratio,placement,length,depth,key,answer,correct,kept");
   struct Tally {
     index_t hits = 0, runs = 0;
   };
@@ -422,18 +430,8 @@ int continuation(int argc, char** argv) {
   const index_t threads = parse_count("--threads", args.get("--threads", "2"));
   if (prompt < 1) fail("--prompt", "a count >= 1", prompt);
   if (next < 1) fail("--next", "a count >= 1", next);
-  std::vector<double> ratios;
-  for (const auto& r : split_list(args.get("--ratios", "0.1,0.2,0.3,0.4,0.5"))) {
-    const double x = detail::parse_real("--ratios", r);
-    if (!(x > 0 && x <= 1)) fail("--ratios", "ratios in (0, 1]", x);
-    ratios.push_back(x);
-  }
-  std::vector<std::string> specs;
-  if (args.has("--policies")) {
-    specs = split_list(args.get("--policies"));
-  } else {
-    for (auto n : policy_names()) specs.emplace_back(n);
-  }
+  const std::vector<double> ratios = ratio_list(args, "0.1,0.2,0.3,0.4,0.5");
+  const std::vector<std::string> specs = policy_list(args);
   const auto mode = positions(args, kl::PositionMode::keep);
   Model m(args.get("--model"));
   kl::Session s(m.model, m.path, {.n_ctx = prompt + next + 8, .threads = threads});
@@ -446,12 +444,7 @@ int continuation(int argc, char** argv) {
   std::vector<std::pair<std::string, AnyPolicy>> policies;
   for (const auto& spec : specs)
     policies.emplace_back(spec, s.policy(spec, {.settings = settings(args), .seed = seed(args)}));
-  std::FILE* csv = nullptr;
-  if (args.has("--csv")) {
-    csv = std::fopen(args.get("--csv").c_str(), "w");
-    if (csv == nullptr) fail("--csv", "a writable file", "'", args.get("--csv"), "'");
-    std::fprintf(csv, "policy,ratio,window,kept,nll,tokens\n");
-  }
+  std::FILE* csv = open_csv(args, "policy,ratio,window,kept,nll,tokens");
   std::map<std::pair<std::string, double>, std::pair<double, index_t>> sum;
   const auto record = [&](const std::string& name, double ratio, index_t w, double nll) {
     auto& t = sum[{name, ratio}];

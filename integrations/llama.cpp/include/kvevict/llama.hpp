@@ -275,6 +275,14 @@ class OutputProjections {
   std::vector<std::vector<float>> weights_;
 };
 
+/// −log softmax(logits)[next] in nats, computed in double with the maximum subtracted.
+inline double token_nll(std::span<const float> logits, llama_token next) {
+  const float mx = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float x : logits) sum += std::exp(static_cast<double>(x - mx));
+  return std::log(sum) + mx - logits[static_cast<std::size_t>(next)];
+}
+
 /// Where kept tokens' positions go after an eviction.
 enum class PositionMode {
   keep,   ///< original positions, holes left in place (default)
@@ -393,23 +401,17 @@ class Session {
   /// current `logits()` — summed. Perplexity of a continuation; not with a stream attached.
   double nll(std::span<const llama_token> tokens) {
     if (stream_) detail::fail("nll", "a session with no stream attached", "a stream");
-    const auto nll_of = [](const float* l, index_t vocab, llama_token next) {
-      float mx = l[0];
-      for (index_t v = 1; v < vocab; ++v) mx = std::max(mx, l[v]);
-      double sum = 0;
-      for (index_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(l[v] - mx));
-      return std::log(sum) + mx - l[next];
-    };
     double total = 0;
     std::vector<float> prev(logits().begin(), logits().end());
     for (std::size_t i = 0; i < tokens.size(); i += static_cast<std::size_t>(n_batch_)) {
       const std::size_t count =
           std::min<std::size_t>(static_cast<std::size_t>(n_batch_), tokens.size() - i);
-      total += nll_of(prev.data(), shape_.vocab, tokens[i]);
+      total += token_nll(prev, tokens[i]);
       decode(tokens.subspan(i, count), true);
       for (std::size_t j = 0; j + 1 < count; ++j)
-        total += nll_of(llama_get_logits_ith(ctx_, static_cast<int32_t>(j)), shape_.vocab,
-                        tokens[i + j + 1]);
+        total += token_nll({llama_get_logits_ith(ctx_, static_cast<int32_t>(j)),
+                            static_cast<std::size_t>(shape_.vocab)},
+                           tokens[i + j + 1]);
       const float* last = llama_get_logits_ith(ctx_, static_cast<int32_t>(count - 1));
       prev.assign(last, last + shape_.vocab);
     }
