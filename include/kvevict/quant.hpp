@@ -38,7 +38,8 @@
 ///   Deviation: LMDeploy (`quant_policy=8`) is *asymmetric* (uint8 with a scale and a zero point
 ///   per (token, head), fp16/bf16, stored after the block's data); that variant is not provided.
 ///
-/// Codecs take finite inputs (callers check); NaN in, as in the engines, is not an error here.
+/// Codecs are defined for every input: where ggml's C casts would be undefined (NaN, values out
+/// of int8 range from a non-finite scale) they give 0 or saturate; finite inputs match exactly.
 /// Nothing here allocates; every codec is O(values).
 
 #include <Eigen/Core>
@@ -101,6 +102,15 @@ inline std::uint16_t float_to_half(float x) {
   return Eigen::numext::bit_cast<std::uint16_t>(Eigen::half(x));
 }
 
+namespace detail {
+/// (int8) x for x in range, as ggml casts; NaN → 0 and out-of-range values saturate, where C's
+/// cast is undefined (ggml never sees them from finite inputs; a corrupt block could).
+inline std::int8_t to_i8(float x) {
+  if (!(x == x)) return 0;
+  return static_cast<std::int8_t>(std::clamp(x, -128.0f, 127.0f));
+}
+}  // namespace detail
+
 // -- ggml q8_0 -------------------------------------------------------------------------------
 
 /// ggml `dequantize_row_q8_0`: `n` values (a multiple of 32) from `n / 32` blocks.
@@ -121,7 +131,7 @@ inline void quantize(const float* x, index_t n, q8_0* y) {
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     y[b].d = float_to_half(d);
-    for (int j = 0; j < 32; ++j) y[b].qs[j] = static_cast<std::int8_t>(std::roundf(v[j] * id));
+    for (int j = 0; j < 32; ++j) y[b].qs[j] = detail::to_i8(std::roundf(v[j] * id));
   }
 }
 
@@ -217,11 +227,25 @@ inline std::uint8_t fp8_encode(float x, std::uint8_t max_code, std::uint8_t nan_
 
 }  // namespace detail
 
+namespace detail {
+/// Every code's value, computed once (decoding is a table lookup).
+template <int E, int M, bool Inf>
+inline const std::array<float, 256>& fp8_decode_table() {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> t{};
+    for (int c = 0; c < 256; ++c)
+      t[static_cast<std::size_t>(c)] = fp8_value<E, M, Inf>(static_cast<std::uint8_t>(c));
+    return t;
+  }();
+  return table;
+}
+}  // namespace detail
+
 inline float to_float(fp8_e4m3 x) {
-  return detail::fp8_value<4, 3, false>(x.bits);
+  return detail::fp8_decode_table<4, 3, false>()[x.bits];
 }
 inline float to_float(fp8_e5m2 x) {
-  return detail::fp8_value<5, 2, true>(x.bits);
+  return detail::fp8_decode_table<5, 2, true>()[x.bits];
 }
 
 /// fp32 → e4m3fn, round to nearest even, saturating at ±448, NaN to NaN (0x7F, sign kept).
@@ -239,7 +263,9 @@ inline fp8_e5m2 to_fp8_e5m2(float x) {
 template <class F>
 requires std::same_as<F, fp8_e4m3> || std::same_as<F, fp8_e5m2>
 inline void dequantize(const F* x, index_t n, float scale, float* y) {
-  for (index_t i = 0; i < n; ++i) y[i] = to_float(x[i]) * scale;
+  const auto& table = std::same_as<F, fp8_e4m3> ? detail::fp8_decode_table<4, 3, false>()
+                                                : detail::fp8_decode_table<5, 2, true>();
+  for (index_t i = 0; i < n; ++i) y[i] = table[x[i].bits] * scale;
 }
 
 /// fp32 row → fp8 with a given scale: fp8(x / scale), saturating (vLLM's `scaled_fp8_conversion`).
@@ -261,8 +287,7 @@ inline void dequantize(const int8* x, index_t n, float scale, float* y) {
 /// [−128, 127] — TensorRT-LLM's `cvt.rni.sat.s8.f32(x * inv_scale)`.
 inline void quantize(const float* x, index_t n, float scale, int8* y) {
   const float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
-  for (index_t i = 0; i < n; ++i)
-    y[i].q = static_cast<std::int8_t>(std::clamp(std::nearbyint(x[i] * inv), -128.0f, 127.0f));
+  for (index_t i = 0; i < n; ++i) y[i].q = detail::to_i8(std::nearbyint(x[i] * inv));
 }
 
 /// fp32 row → int8 with its own scale s = amax / 127 (returned; 0 for a zero row), then as
