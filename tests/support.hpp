@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -57,10 +58,27 @@ inline constexpr Layout all_layouts[] = {Layout::hnd,       Layout::nhd,       L
 /// Raw bits of an element, for bit-exact comparisons.
 template <class T>
 auto bits(T x) {
-  if constexpr (sizeof(T) == 2)
+  if constexpr (QuantizedElement<T>)
+    return std::bit_cast<std::array<std::uint8_t, sizeof(T)>>(x);
+  else if constexpr (sizeof(T) == 2)
     return std::bit_cast<std::uint16_t>(x);
   else
     return std::bit_cast<std::uint32_t>(x);
+}
+
+/// An element from a number: `from_float` for float types; for quantized ones raw bytes that
+/// follow `x` (any bit pattern is a valid element to move; it need not decode to `x`).
+template <class T>
+T element_from(float x) {
+  if constexpr (QuantizedElement<T>) {
+    std::array<std::uint8_t, sizeof(T)> b{};
+    const auto seed = std::bit_cast<std::uint32_t>(x);
+    for (std::size_t i = 0; i < b.size(); ++i)
+      b[i] = static_cast<std::uint8_t>((seed >> ((i % 4) * 8)) + 37 * i);
+    return std::bit_cast<T>(b);
+  } else {
+    return from_float<T>(x);
+  }
 }
 
 /// The element whose raw bits are `b` (inverse of `bits`).

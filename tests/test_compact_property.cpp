@@ -1,9 +1,10 @@
 // compact() as a property: over random layouts (dense with random padding and head/token order,
 // paged with random page sizes, pools, page orders and K/V interleaving, gathers), random shapes,
-// every dtype and random selections (shared or per head, ragged, empty, runs), every kept entry
-// moves bit for bit, every head's tokens beyond its new length and all memory outside the
-// view's spans stay untouched, and a selection that would write a read-only page writes nothing.
-// SPDX-License-Identifier: Apache-2.0
+// every dtype — float, half, bf16 and the quantized formats, whose rows are blocks and whose
+// per-token fp8 / int8 scales move with them — and random selections (shared or per head, ragged,
+// empty, runs), every kept entry moves bit for bit, every head's tokens beyond its new length and
+// all memory outside the view's spans stay untouched, and a selection that would write a read-only
+// page writes nothing. SPDX-License-Identifier: Apache-2.0
 #include "support.hpp"
 
 namespace kvevict::test {
@@ -14,6 +15,7 @@ namespace {
 template <class T>
 struct RandomCache {
   std::vector<T> memory;
+  std::vector<float> scale_memory;  ///< per-token K and V scales (fp8, int8), with a gap
   std::vector<std::int32_t> pages;
   std::optional<KVCache<T>> view;
   index_t heads = 0, tokens = 0, d = 0, dv = 0, read_only = 0, page_size = 0, pool = 0;
@@ -25,10 +27,13 @@ struct RandomCache {
     };
     heads = pick(1, 5);
     tokens = pick(1, 70);
-    d = pick(1, 24);
-    dv = pick(0, 1) ? d : pick(1, 24);
+    // d and dv count elements of T (a q8_0 element is a block of 32 values)
+    constexpr index_t vpe = values_per_element<T>;
+    const index_t most = vpe == 1 ? 24 : 3;
+    d = pick(1, most);
+    dv = pick(0, 1) ? d : pick(1, most);
     const int kind = static_cast<int>(pick(0, 4));
-    const Shape shape{heads, tokens, d, dv};
+    const Shape shape{heads, tokens, d * vpe, dv * vpe};
     Storage<T> ks{}, vs{};
     index_t k_size = 0, v_size = 0, v_offset = 0;
     if (kind <= 1) {  // dense: head-major or token-major, random padding, random offsets
@@ -85,19 +90,37 @@ struct RandomCache {
     }
     memory.resize(static_cast<std::size_t>(std::max(k_size, v_offset + v_size)));
     for (std::size_t i = 0; i < memory.size(); ++i)
-      memory[i] = from_float<T>(static_cast<float>(i % 977) * 0.5f - 100.0f);
+      memory[i] = element_from<T>(static_cast<float>(i % 977) * 0.5f - 100.0f);
     ks.data = memory.data();
     vs.data = memory.data() + v_offset;
     if (pages.empty())
       view.emplace(ks, vs, shape);
     else
       view.emplace(ks, vs, shape, PageTable{pages, page_size, pool, read_only});
+    if constexpr (has_external_scale<T>) {  // per-token scales, head- or token-major per page
+      const bool head_major = pick(0, 1) == 1;
+      const index_t page = pages.empty() ? tokens + pick(0, 4) : page_size;
+      const index_t per_page = heads * page, copies = pages.empty() ? 1 : pool;
+      const Strides st = head_major ? Strides{.head = page, .token = 1, .page = per_page}
+                                    : Strides{.head = 1, .token = heads, .page = per_page};
+      const index_t gap = pick(0, 3);
+      scale_memory.resize(static_cast<std::size_t>(2 * per_page * copies + gap));
+      for (std::size_t i = 0; i < scale_memory.size(); ++i)
+        scale_memory[i] = static_cast<float>(i) + 0.25f;
+      auto one = [&](float* p) {
+        return pages.empty() ? ScaleStorage::strided(p, {.head = st.head, .token = st.token})
+                             : ScaleStorage::strided(p, st);
+      };
+      view.emplace(view->with_scales(one(scale_memory.data()),
+                                     one(scale_memory.data() + per_page * copies + gap)));
+      description += head_major ? " scales head-major" : " scales token-major";
+    }
     // Logical content from the random stream (distinct from the background pattern).
     std::normal_distribution<float> normal;
     for (index_t h = 0; h < heads; ++h)
       for (index_t t = 0; t < tokens; ++t) {
-        for (T& x : view->key(h, t)) x = from_float<T>(normal(rng));
-        for (T& x : view->value(h, t)) x = from_float<T>(normal(rng));
+        for (T& x : view->key(h, t)) x = element_from<T>(normal(rng));
+        for (T& x : view->value(h, t)) x = element_from<T>(normal(rng));
       }
     description += " heads=" + std::to_string(heads) + " tokens=" + std::to_string(tokens) +
                    " d=" + std::to_string(d) + " dv=" + std::to_string(dv);
@@ -140,12 +163,13 @@ Selection random_selection(std::mt19937_64& rng, index_t heads, index_t tokens) 
 
 template <class T>
 class CompactProperty : public ::testing::Test {};
-using ElementTypes = ::testing::Types<float, Eigen::half, Eigen::bfloat16>;
+using ElementTypes =
+    ::testing::Types<float, Eigen::half, Eigen::bfloat16, q8_0, q4_0, fp8_e4m3, fp8_e5m2, int8>;
 TYPED_TEST_SUITE(CompactProperty, ElementTypes);
 
 TYPED_TEST(CompactProperty, KeptEntriesMoveBitForBitNothingElseChanges) {
   using T = TypeParam;
-  std::mt19937_64 rng(20261123 + sizeof(T));
+  std::mt19937_64 rng(20261123 + sizeof(T) + 7 * static_cast<int>(dtype_of<T>()));
   int compacted = 0, rejected = 0;
   for (int trial = 0; trial < 600; ++trial) {
     RandomCache<T> c(rng);
@@ -162,6 +186,11 @@ TYPED_TEST(CompactProperty, KeptEntriesMoveBitForBitNothingElseChanges) {
         for (auto span : {kv.key(h, t), kv.value(h, t)})
           for (T& x : span) in_span[static_cast<std::size_t>(&x - c.memory.data())] = 1;
     const auto logical = snapshot(kv);
+    std::vector<float> scales_before;  // per (tensor, head, token)
+    for (const Tensor which : {Tensor::keys, Tensor::values})
+      for (index_t h = 0; h < c.heads; ++h)
+        for (index_t t = 0; t < c.tokens; ++t) scales_before.push_back(kv.scale(which, h, t));
+    const auto scale_memory_before = c.scale_memory;
     const index_t row = c.d + c.dv;
 
     // Would the selection move a token inside the read-only pages?
@@ -177,6 +206,7 @@ TYPED_TEST(CompactProperty, KeptEntriesMoveBitForBitNothingElseChanges) {
       EXPECT_THROW(compact(kv, sel, result), kvevict::error);
       for (std::size_t i = 0; i < before.size(); ++i)
         ASSERT_EQ(bits(c.memory[i]), before[i]) << "a rejected compact wrote element " << i;
+      ASSERT_EQ(c.scale_memory, scale_memory_before) << "a rejected compact wrote a scale";
       ++rejected;
       continue;
     }
@@ -205,6 +235,11 @@ TYPED_TEST(CompactProperty, KeptEntriesMoveBitForBitNothingElseChanges) {
         if (t < static_cast<index_t>(kept.size())) {
           ASSERT_EQ(result.kept_positions(h)[static_cast<std::size_t>(t)], source);
         }
+        for (int which = 0; which < 2; ++which)
+          ASSERT_EQ(
+              kv.scale(which == 0 ? Tensor::keys : Tensor::values, h, t),
+              scales_before[static_cast<std::size_t>((which * c.heads + h) * c.tokens + source)])
+              << "head " << h << " token " << t << (which == 0 ? " key" : " value") << " scale";
       }
     }
   }

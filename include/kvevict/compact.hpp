@@ -108,13 +108,35 @@ void move_kept(const KVCache<T>& kv, Tensor which, index_t head, std::span<const
   }
 }
 
+/// Moves the per-token scales of `which` with their tokens (a no-op for shared scales): scale
+/// i of head h becomes scale kept[i], front to back (kept[i] ≥ i, so nothing is overwritten
+/// before it is read).
+template <Element T>
+void move_scales(const KVCache<T>& kv, Tensor which, const Selection& sel) {
+  const ScaleStorage& sc = kv.scales(which);
+  if (sc.data == nullptr || !sc.per_token()) return;
+  const auto move = [&](auto* p) {
+    for (index_t h = 0; h < kv.kv_heads(); ++h) {
+      const auto kept = sel.kept(h);
+      for (std::size_t i = 0; i < kept.size(); ++i)
+        if (kept[i] != static_cast<token_t>(i))
+          p[kv.scale_offset(sc, h, static_cast<index_t>(i))] = p[kv.scale_offset(sc, h, kept[i])];
+    }
+  };
+  if (sc.type == ScaleType::float32)
+    move(static_cast<float*>(sc.data));
+  else
+    move(static_cast<Eigen::half*>(sc.data));
+}
+
 }  // namespace detail
 
 /// Moves the kept tokens of each KV head to the front of that head, in place: after the call,
 /// token i of head h holds what token `sel.kept(h)[i]` held, bit for bit, for keys and values.
 ///
-/// Stable and exact for every layout (dense, strided, paged). Only the spans of tokens
-/// 0 … length − 1 of each head are written; memory beyond the new length, padding and other
+/// Stable and exact for every layout (dense, strided, paged) and format: quantized rows move as
+/// their raw blocks, and per-token fp8 / int8 scales move with their tokens. Only the spans of
+/// tokens 0 … length − 1 of each head are written; memory beyond the new length, padding and other
 /// heads' spans are untouched. A paged cache never writes its `read_only_pages` (shared prefix
 /// pages): a selection that would is rejected before anything is written.
 ///
@@ -165,17 +187,19 @@ void compact(const KVCache<T>& kv, const Selection& sel, Compaction& out) {
   // rows: one memmove per run instead of one per head.
   const Storage<T>& ks = kv.key_storage();
   const Storage<T>& vs = kv.value_storage();
-  const bool rows = sel.shared() && heads > 1 && ks.head_stride == kv.head_dim() &&
-                    vs.head_stride == kv.head_dim_v();
+  const index_t rk = kv.row_elements(Tensor::keys), rv = kv.row_elements(Tensor::values);
+  const bool rows = sel.shared() && heads > 1 && ks.head_stride == rk && vs.head_stride == rv;
   if (rows) {
-    detail::move_kept(kv, Tensor::keys, 0, sel.kept(0), heads * kv.head_dim());
-    detail::move_kept(kv, Tensor::values, 0, sel.kept(0), heads * kv.head_dim_v());
+    detail::move_kept(kv, Tensor::keys, 0, sel.kept(0), heads * rk);
+    detail::move_kept(kv, Tensor::values, 0, sel.kept(0), heads * rv);
   } else {
     for (index_t h = 0; h < heads; ++h) {
-      detail::move_kept(kv, Tensor::keys, h, sel.kept(h), kv.head_dim());
-      detail::move_kept(kv, Tensor::values, h, sel.kept(h), kv.head_dim_v());
+      detail::move_kept(kv, Tensor::keys, h, sel.kept(h), rk);
+      detail::move_kept(kv, Tensor::values, h, sel.kept(h), rv);
     }
   }
+  if constexpr (has_external_scale<T>)
+    for (const Tensor which : {Tensor::keys, Tensor::values}) detail::move_scales(kv, which, sel);
 }
 
 /// `compact` returning a fresh `Compaction` (allocates it).

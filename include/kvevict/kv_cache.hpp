@@ -6,8 +6,11 @@
 /// \brief `KVCache<T>`: a non-owning view of one layer's keys and values for one sequence.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <span>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "element.hpp"
@@ -46,6 +49,12 @@ struct TokenRun {
 /// one temporary copy of the table). Accessors are O(1) and allocate nothing.
 ///
 /// Policies only read through the view; `compact` and `rope_shift` write through it.
+///
+/// **Quantized caches** (`T` a `QuantizedElement`): `head_dim` and `head_dim_v` count values and
+/// must be multiples of `values_per_element<T>` (32 for ggml blocks); `key`/`value` return the
+/// row's `row_elements` raw elements; `read` dequantizes a row to fp32 and `write` quantizes one
+/// back. fp8 and int8 scales live apart from the data and are given with `with_scales` (every
+/// scale is 1 without it, as vLLM's fp8 cache without checkpoint scales).
 ///
 /// **Example**:
 /// \code
@@ -93,6 +102,34 @@ class KVCache {
     return out;
   }
 
+  /// The same memory with the scales of an fp8 or int8 cache (see `ScaleStorage`). Validates
+  /// that per-token scales give every (head, token) its own scale and that key and value scales
+  /// do not overlap; the values are checked (finite) by `select`'s input check, not here.
+  /// O(1) dense, O(1) paged.
+  [[nodiscard]] KVCache with_scales(
+      ScaleStorage key_scales, ScaleStorage value_scales) const requires has_external_scale<T> {
+    KVCache out = *this;
+    out.check_scales(key_scales, "key_scales");
+    out.check_scales(value_scales, "value_scales");
+    if (key_scales.per_token() && value_scales.per_token() && key_scales.data != nullptr &&
+        value_scales.data != nullptr) {
+      const auto range = [&](const ScaleStorage& sc) {
+        const auto lo = reinterpret_cast<std::uintptr_t>(sc.data);
+        return std::pair{
+            lo, lo + static_cast<std::uintptr_t>(detail::lattice_extent(scale_lattice(sc), 1)) *
+                         scale_bytes(sc)};
+      };
+      const auto [k0, k1] = range(key_scales);
+      const auto [v0, v1] = range(value_scales);
+      if (!(k1 <= v0 || v1 <= k0))
+        detail::fail("value_scales.data", "memory disjoint from the key scales",
+                     "an overlap with the key scales");
+    }
+    out.key_scales_ = key_scales;
+    out.value_scales_ = value_scales;
+    return out;
+  }
+
   /// The same memory with a layer index (random policies seed each layer differently).
   [[nodiscard]] KVCache with_layer(index_t layer) const {
     detail::require(layer >= 0, "layer", "a layer index >= 0", layer);
@@ -110,6 +147,10 @@ class KVCache {
     out.init_shape(shape);
     if (paged_) out.check_page_capacity();
     out.validate_layout();
+    if constexpr (has_external_scale<T>) {
+      out.check_scales(key_scales_, "key_scales");
+      out.check_scales(value_scales_, "value_scales");
+    }
     if (!positions_.empty()) {
       if (tokens > static_cast<index_t>(positions_.size()))
         detail::fail("tokens",
@@ -124,6 +165,14 @@ class KVCache {
   index_t tokens() const noexcept { return tokens_; }
   index_t head_dim() const noexcept { return head_dim_; }
   index_t head_dim_v() const noexcept { return head_dim_v_; }
+  /// Elements of T per (head, token) row of `which`: its values / `values_per_element<T>`.
+  index_t row_elements(Tensor which) const noexcept {
+    return (which == Tensor::keys ? head_dim_ : head_dim_v_) / values_per_element<T>;
+  }
+  /// The scales given with `with_scales` (empty: every scale 1).
+  const ScaleStorage& scales(Tensor which) const noexcept {
+    return which == Tensor::keys ? key_scales_ : value_scales_;
+  }
   index_t layer() const noexcept { return layer_; }
   bool paged() const noexcept { return paged_; }
   const Storage<T>& key_storage() const noexcept { return keys_; }
@@ -138,19 +187,79 @@ class KVCache {
   /// The positions span given with `with_positions` (empty otherwise).
   std::span<const std::int64_t> positions() const noexcept { return positions_; }
 
-  /// The `head_dim` contiguous key elements of (head, token). No bounds check (hot path).
+  /// The contiguous key elements of (head, token): `head_dim` values, `row_elements(keys)`
+  /// elements. No bounds check (hot path).
   std::span<T> key(index_t head, index_t token) const noexcept {
-    return {keys_.data + offset(keys_, head, token), static_cast<std::size_t>(head_dim_)};
+    return {keys_.data + offset(keys_, head, token),
+            static_cast<std::size_t>(row_elements(Tensor::keys))};
   }
-  /// The `head_dim_v` contiguous value elements of (head, token). No bounds check (hot path).
+  /// The contiguous value elements of (head, token). No bounds check (hot path).
   std::span<T> value(index_t head, index_t token) const noexcept {
-    return {values_.data + offset(values_, head, token), static_cast<std::size_t>(head_dim_v_)};
+    return {values_.data + offset(values_, head, token),
+            static_cast<std::size_t>(row_elements(Tensor::values))};
+  }
+
+  /// The scale of (head, token) of `which`: 1 for float and ggml block formats and without
+  /// scales. No bounds check.
+  float scale(Tensor which, index_t head, index_t token) const noexcept {
+    if constexpr (!has_external_scale<T>) {
+      (void)which, (void)head, (void)token;
+      return 1.0f;
+    } else {
+      const ScaleStorage& sc = scales(which);
+      if (sc.data == nullptr) return 1.0f;
+      const index_t o = scale_offset(sc, head, token);
+      return sc.type == ScaleType::float32
+                 ? static_cast<const float*>(sc.data)[o]
+                 : static_cast<float>(static_cast<const Eigen::half*>(sc.data)[o]);
+    }
+  }
+
+  /// Dequantizes the row (head, token) of `which` into `out` (`dim(which)` floats). O(dim).
+  void read(Tensor which, index_t head, index_t token, float* out) const noexcept {
+    dequantize_row(span(which, head, token).data(), dim(which), scale(which, head, token), out);
+  }
+
+  /// Writes `dim(which)` values into the row (head, token), as the engine writes it: float
+  /// types round, ggml blocks compute their scales; fp8 and int8 with per-token scales get a
+  /// new scale (amax / largest code: 127 for int8, 448 / 57344 for fp8), with shared scales
+  /// the shared one (values beyond it saturate). O(dim).
+  void write(Tensor which, index_t head, index_t token, const float* in) const noexcept {
+    T* row = span(which, head, token).data();
+    if constexpr (has_external_scale<T>) {
+      const ScaleStorage& sc = scales(which);
+      if (sc.data != nullptr && sc.per_token()) {
+        float amax = 0.0f;
+        for (index_t i = 0; i < dim(which); ++i) amax = std::max(amax, std::fabs(in[i]));
+        float s = amax / largest_code();
+        const index_t o = scale_offset(sc, head, token);
+        if (sc.type == ScaleType::float32) {
+          static_cast<float*>(sc.data)[o] = s;
+        } else {
+          const Eigen::half h(s);
+          static_cast<Eigen::half*>(sc.data)[o] = h;
+          s = static_cast<float>(h);  // quantize with the scale as stored
+        }
+        quantize_row(in, dim(which), s, row);
+        return;
+      }
+    }
+    quantize_row(in, dim(which), scale(which, head, token), row);
+  }
+
+  /// The offset of (head, token)'s scale in `sc`, in scale elements.
+  index_t scale_offset(const ScaleStorage& sc, index_t head, index_t token) const noexcept {
+    if (!paged_) return head * sc.head_stride + token * sc.token_stride;
+    const index_t ps = pages_.page_size;
+    return static_cast<index_t>(pages_.pages[static_cast<std::size_t>(token / ps)]) *
+               sc.page_stride +
+           head * sc.head_stride + (token % ps) * sc.token_stride;
   }
   /// The span of (head, token) in `which`.
   std::span<T> span(Tensor which, index_t head, index_t token) const noexcept {
     return which == Tensor::keys ? key(head, token) : value(head, token);
   }
-  /// Elements per (head, token) span of `which`.
+  /// Values per (head, token) row of `which` (`head_dim` or `head_dim_v`).
   index_t dim(Tensor which) const noexcept {
     return which == Tensor::keys ? head_dim_ : head_dim_v_;
   }
@@ -192,6 +301,15 @@ class KVCache {
     detail::require(shape.head_dim >= 1, "head_dim", "head_dim >= 1", shape.head_dim);
     detail::require(shape.head_dim_v >= 0, "head_dim_v", "head_dim_v >= 1 (or 0 for head_dim)",
                     shape.head_dim_v);
+    constexpr index_t vpe = values_per_element<T>;
+    if (shape.head_dim % vpe != 0)
+      detail::fail("head_dim",
+                   detail::cat("a multiple of ", vpe, " (values per ", dtype_name<T>(), " block)"),
+                   shape.head_dim);
+    if (shape.head_dim_v % vpe != 0)
+      detail::fail("head_dim_v",
+                   detail::cat("a multiple of ", vpe, " (values per ", dtype_name<T>(), " block)"),
+                   shape.head_dim_v);
     kv_heads_ = shape.kv_heads;
     tokens_ = shape.tokens;
     head_dim_ = shape.head_dim;
@@ -242,8 +360,8 @@ class KVCache {
   void validate_layout() const {
     detail::require(keys_.data != nullptr, "keys.data", "a non-null pointer", "nullptr");
     detail::require(values_.data != nullptr, "values.data", "a non-null pointer", "nullptr");
-    check_tensor(keys_, head_dim_, "keys");
-    check_tensor(values_, head_dim_v_, "values");
+    check_tensor(keys_, row_elements(Tensor::keys), "keys");
+    check_tensor(values_, row_elements(Tensor::values), "values");
     check_disjoint();
   }
 
@@ -274,21 +392,64 @@ class KVCache {
       const auto l = lattice(keys_);
       const std::array<detail::LatticeDim, 4> with_kv{
           {l[0], l[1], l[2], {2, static_cast<index_t>(gap_bytes / sizeof(T))}}};
-      if (detail::nested_disjoint(with_kv, head_dim_)) return;
+      if (detail::nested_disjoint(with_kv, row_elements(Tensor::keys))) return;
     } else {
-      const std::uintptr_t k_end =
-          k + static_cast<std::uintptr_t>(detail::lattice_extent(lattice(keys_), head_dim_)) *
-                  sizeof(T);
-      const std::uintptr_t v_end =
-          v + static_cast<std::uintptr_t>(detail::lattice_extent(lattice(values_), head_dim_v_)) *
-                  sizeof(T);
+      const std::uintptr_t k_end = k + static_cast<std::uintptr_t>(detail::lattice_extent(
+                                           lattice(keys_), row_elements(Tensor::keys))) *
+                                           sizeof(T);
+      const std::uintptr_t v_end = v + static_cast<std::uintptr_t>(detail::lattice_extent(
+                                           lattice(values_), row_elements(Tensor::values))) *
+                                           sizeof(T);
       if (k_end <= v || v_end <= k) return;
     }
     detail::fail("values.data", "memory disjoint from the keys", "an overlap with the keys");
   }
 
+  static constexpr float largest_code() noexcept {
+    if constexpr (std::same_as<T, fp8_e4m3>) return 448.0f;
+    if constexpr (std::same_as<T, fp8_e5m2>) return 57344.0f;
+    return 127.0f;
+  }
+
+  static std::size_t scale_bytes(const ScaleStorage& sc) noexcept {
+    return sc.type == ScaleType::float32 ? sizeof(float) : sizeof(Eigen::half);
+  }
+
+  /// The lattice of one tensor's scales (heads, tokens[, pages]).
+  std::array<detail::LatticeDim, 3> scale_lattice(const ScaleStorage& sc) const {
+    if (!paged_) return {{{kv_heads_, sc.head_stride}, {tokens_, sc.token_stride}, {1, 0}}};
+    return {{{kv_heads_, sc.head_stride},
+             {pages_.page_size, sc.token_stride},
+             {pages_.pool_pages, sc.page_stride}}};
+  }
+
+  void check_scales(const ScaleStorage& sc, const char* name) const {
+    const std::string arg(name);
+    detail::require(sc.head_stride >= 0 && sc.token_stride >= 0 && sc.page_stride >= 0,
+                    arg + ".strides", "strides >= 0",
+                    detail::cat(sc.head_stride, ", ", sc.token_stride, ", ", sc.page_stride));
+    if (sc.data == nullptr) {
+      if (sc.head_stride != 0 || sc.token_stride != 0 || sc.page_stride != 0)
+        detail::fail(arg + ".data", "a pointer to the scales (strides were given)", "nullptr");
+      return;
+    }
+    if (sc.per_token() && !paged_ && sc.page_stride != 0)
+      detail::fail(arg + ".page_stride", "0 for a dense cache", sc.page_stride);
+    if (sc.per_token() && paged_ && sc.page_stride == 0)
+      detail::fail(arg + ".page_stride",
+                   "a page stride (per-token scales of a paged cache follow its pages)", 0);
+    if (sc.per_token() && !detail::nested_disjoint(scale_lattice(sc), 1))
+      detail::fail(arg,
+                   "a scale of its own for every (head, token) (per-token scales are moved "
+                   "with their token)",
+                   "head_stride=", sc.head_stride, ", token_stride=", sc.token_stride,
+                   ", page_stride=", sc.page_stride);
+  }
+
   Storage<T> keys_{};
   Storage<T> values_{};
+  ScaleStorage key_scales_{};
+  ScaleStorage value_scales_{};
   PageTable pages_{};
   bool paged_ = false;
   index_t kv_heads_ = 0, tokens_ = 0, head_dim_ = 0, head_dim_v_ = 0, layer_ = 0;

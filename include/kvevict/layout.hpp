@@ -44,6 +44,10 @@ struct Strides {
   index_t page = 0;   ///< elements between page p and p + 1 of the pool (paged only)
 };
 
+///
+/// For a quantized `T` strides count elements of T (a `q8_0` element is a block of 32 values),
+/// while the named constructors take `head_dim` in values, as the `Shape` does: a q8_0 row of
+/// 128 values is 4 blocks, `Storage<q8_0>::nhd(p, 8, 128)` has `head_stride` 4.
 template <Element T>
 struct Storage {
   T* data = nullptr;         ///< Element (head 0, token 0, 0), or page 0 of the pool when paged.
@@ -53,11 +57,11 @@ struct Storage {
 
   /// Dense `[kv_heads][capacity][head_dim]`.
   static constexpr Storage hnd(T* data, index_t capacity, index_t head_dim) {
-    return {data, capacity * head_dim, head_dim, 0};
+    return {data, capacity * row(head_dim), row(head_dim), 0};
   }
   /// Dense `[capacity][kv_heads][head_dim]`.
   static constexpr Storage nhd(T* data, index_t kv_heads, index_t head_dim) {
-    return {data, head_dim, kv_heads * head_dim, 0};
+    return {data, row(head_dim), kv_heads * row(head_dim), 0};
   }
   /// Dense with any strides (padding between tokens or heads, a slice of a larger tensor):
   /// `strided(p, {.head = …, .token = …})`.
@@ -65,16 +69,93 @@ struct Storage {
   /// Paged pool `[pool_pages][kv_heads][page_size][head_dim]`.
   static constexpr Storage paged_hnd(T* pool, index_t page_size, index_t kv_heads,
                                      index_t head_dim) {
-    return {pool, page_size * head_dim, head_dim, kv_heads * page_size * head_dim};
+    const index_t r = row(head_dim);
+    return {pool, page_size * r, r, kv_heads * page_size * r};
   }
   /// Paged pool `[pool_pages][page_size][kv_heads][head_dim]`.
   static constexpr Storage paged_nhd(T* pool, index_t page_size, index_t kv_heads,
                                      index_t head_dim) {
-    return {pool, head_dim, kv_heads * head_dim, page_size * kv_heads * head_dim};
+    const index_t r = row(head_dim);
+    return {pool, r, kv_heads * r, page_size * kv_heads * r};
   }
   /// Paged pool with any strides (FlashInfer's `stride_page`, `stride_h`, `stride_n`):
   /// `paged(pool, {.head = …, .token = …, .page = …})`.
   static constexpr Storage paged(T* pool, Strides s) { return {pool, s.head, s.token, s.page}; }
+
+  /// Elements of a row of `head_dim` values (the view rejects a head_dim that is not a multiple
+  /// of `values_per_element<T>`).
+  static constexpr index_t row(index_t head_dim) { return head_dim / values_per_element<T>; }
+};
+
+/// How scales are stored.
+enum class ScaleType { float32, float16 };
+
+/// Where the scales of an fp8 or int8 tensor live (ggml's q8_0 / q4_0 blocks carry their own and
+/// take none). The scale of (head, token) is at `data + head * head_stride + token *
+/// token_stride` (dense) or `data + pages[t / page_size] * page_stride + head * head_stride +
+/// (t % page_size) * token_stride` (paged: per-token scales follow the cache's page table), in
+/// scale elements. A stride of 0 shares one scale along that dimension:
+///
+/// | granularity, engine                                    | constructor                       |
+/// |--------------------------------------------------------|-----------------------------------|
+/// | none (every scale 1: vLLM with no checkpoint scales)   | `ScaleStorage{}`                  |
+/// | per tensor (vLLM k_scale/v_scale, TRT-LLM per layer)   | `ScaleStorage::per_tensor(p)`     |
+/// | per KV head                                            | `ScaleStorage::per_head(p)`       |
+/// | per (head, token), `[kv_heads][capacity]`              | `ScaleStorage::hnd(p, capacity)`  |
+/// | per (token, head), `[capacity][kv_heads]`              | `ScaleStorage::nhd(p, kv_heads)`  |
+/// | paged `[pages][kv_heads][page_size]` / `[pages][page_size][kv_heads]` | `paged_hnd`,
+/// `paged_nhd` | | any strides                                            |
+/// `ScaleStorage::strided(p, {…})`   |
+///
+/// Scales that vary per token are moved with their token by `compact` and rewritten by
+/// `rope_shift`; shared scales are never written.
+struct ScaleStorage {
+  void* data = nullptr;  ///< The scales (float or Eigen::half), or null: every scale 1.
+  ScaleType type = ScaleType::float32;
+  index_t head_stride = 0;   ///< Scale elements between head h and h + 1 (0: shared by heads).
+  index_t token_stride = 0;  ///< Between token t and t + 1 in a page (0: shared by tokens).
+  index_t page_stride = 0;   ///< Between pages (paged per-token scales only).
+
+  /// True when tokens have scales of their own.
+  constexpr bool per_token() const noexcept { return token_stride != 0 || page_stride != 0; }
+
+  template <class S>
+  static constexpr ScaleStorage per_tensor(S* p) {
+    return make(p, {});
+  }
+  template <class S>
+  static constexpr ScaleStorage per_head(S* p) {
+    return make(p, {.head = 1});
+  }
+  template <class S>
+  static constexpr ScaleStorage hnd(S* p, index_t capacity) {
+    return make(p, {.head = capacity, .token = 1});
+  }
+  template <class S>
+  static constexpr ScaleStorage nhd(S* p, index_t kv_heads) {
+    return make(p, {.head = 1, .token = kv_heads});
+  }
+  template <class S>
+  static constexpr ScaleStorage paged_hnd(S* p, index_t page_size, index_t kv_heads) {
+    return make(p, {.head = page_size, .token = 1, .page = kv_heads * page_size});
+  }
+  template <class S>
+  static constexpr ScaleStorage paged_nhd(S* p, index_t page_size, index_t kv_heads) {
+    return make(p, {.head = 1, .token = kv_heads, .page = page_size * kv_heads});
+  }
+  template <class S>
+  static constexpr ScaleStorage strided(S* p, Strides s) {
+    return make(p, s);
+  }
+
+ private:
+  template <class S>
+  static constexpr ScaleStorage make(S* p, Strides s) {
+    static_assert(std::same_as<S, float> || std::same_as<S, Eigen::half>,
+                  "scales are float or Eigen::half");
+    return {p, std::same_as<S, float> ? ScaleType::float32 : ScaleType::float16, s.head, s.token,
+            s.page};
+  }
 };
 
 /// The logical extent of a cache view.

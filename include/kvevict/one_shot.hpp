@@ -8,7 +8,8 @@
 /// A one-shot policy P derives from `OneShot<P>` and supplies only its rule:
 ///
 /// \code
-/// template <Element T> Scores score(const KVCache<T>&, const QueryWindow<T>&, Granularity,
+/// template <Element T> Scores score(const KVCache<T>&, const QueryWindow<query_type<T>>&,
+/// Granularity,
 ///                                   Workspace&) const;     // unless its rule reads no scores
 /// SomeRule rule(index_t n) const;                          // how a row's candidates are chosen
 /// Granularity granularity() const;                         // per head or shared
@@ -44,8 +45,8 @@ class OneShot {
   /// and the budget before scoring; B ≥ n keeps everything, bit for bit. On error `out` is left
   /// incomplete. Complexity and scratch: the policy's scorer plus `choose`.
   template <Element T>
-  void select(const KVCache<T>& kv, const QueryWindow<T>& queries, Budget budget, Selection& out,
-              Workspace& ws) const {
+  void select(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries, Budget budget,
+              Selection& out, Workspace& ws) const {
     detail::ClearOnError on_error(out);
     const P& p = self();
     check_window(kv, queries);

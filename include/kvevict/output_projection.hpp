@@ -26,7 +26,7 @@ namespace kvevict {
 /// Construction validates extents and strides in O(1); the view owns nothing.
 class OutputProjection {
  public:
-  template <Element T>
+  template <FloatElement T>
   OutputProjection(const T* data, index_t q_heads, index_t head_dim, index_t hidden,
                    index_t head_stride, index_t row_stride, index_t col_stride)
       : data_(data),
@@ -50,14 +50,14 @@ class OutputProjection {
   }
 
   /// `[q_heads][head_dim][hidden]`, C order.
-  template <Element T>
+  template <FloatElement T>
   static OutputProjection dense(const T* data, index_t q_heads, index_t head_dim, index_t hidden) {
     return {data, q_heads, head_dim, hidden, head_dim * hidden, hidden, 1};
   }
 
   /// A linear layer's weight `[hidden][q_heads · head_dim]` (PyTorch `o_proj.weight`,
   /// out × in): W_o^h[i][k] = weight[k][h · head_dim + i].
-  template <Element T>
+  template <FloatElement T>
   static OutputProjection from_linear_weight(const T* weight, index_t q_heads, index_t head_dim,
                                              index_t hidden) {
     return {weight, q_heads, head_dim, hidden, head_dim, 1, q_heads * head_dim};
@@ -78,8 +78,9 @@ class OutputProjection {
         return to_float(static_cast<const Eigen::half*>(data_)[o]);
       case DType::bfloat16:
         return to_float(static_cast<const Eigen::bfloat16*>(data_)[o]);
+      default:  // the constructors take float types only
+        return 0.0f;
     }
-    return 0.0f;
   }
 
   /// W_o^h in fp32, row-major `head_dim × hidden`, into `out`. O(head_dim · hidden).

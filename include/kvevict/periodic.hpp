@@ -53,7 +53,7 @@ namespace kvevict {
 ///
 /// Errors are `kvevict::error`; a failed call changes nothing (the selection is checked
 /// before `compact` moves anything).
-template <Element T>
+template <FloatElement T>
 class PeriodicDriver {
  public:
   /// `policy`: a one-shot policy that needs a budget (streaming and budget-free ones are
@@ -106,7 +106,7 @@ class PeriodicDriver {
   /// After the step's attention: when the cache holds B + N tokens, selects B of them with
   /// `recent` (the last queries, `window ≤ size()`) as the observation window and compacts.
   /// Returns the tokens evicted per KV head (0 between compressions).
-  index_t observe(const QueryWindow<T>& recent, Workspace& ws) {
+  index_t observe(const QueryWindow<query_type<T>>& recent, Workspace& ws) {
     if (size_ < budget_ + every_) return 0;
     const KVCache<T> kv = slots_.with_tokens(size_);
     kvevict::select(policy_, kv, recent, Budget::tokens(budget_), sel_, ws);

@@ -101,8 +101,9 @@ concept named_policy = requires {
 
 /// `p.select(kv, queries, budget, out, ws)` on a const policy: one-shot selection.
 template <class P, class T>
-concept selects_from_window = requires(const P& p, const KVCache<T>& kv, const QueryWindow<T>& q,
-                                       Budget b, Selection& out, Workspace& ws) {
+concept selects_from_window = requires(const P& p, const KVCache<T>& kv,
+                                       const QueryWindow<query_type<T>>& q, Budget b,
+                                       Selection& out, Workspace& ws) {
   { p.select(kv, q, b, out, ws) } -> std::same_as<void>;
 };
 

@@ -29,7 +29,7 @@ namespace kvevict {
 /// // q[32][32][128]: 32 query heads, the last 32 positions, head_dim 128.
 /// kvevict::QueryWindow<float> q(q_data, /*q_heads=*/32, /*window=*/32, /*head_dim=*/128);
 /// \endcode
-template <Element T>
+template <FloatElement T>
 class QueryWindow {
  public:
   /// Dense `[q_heads][window][head_dim]`.
@@ -93,7 +93,7 @@ class QueryWindow {
 /// Validates that `queries` can be used with `kv`: same head_dim, q_heads a multiple of
 /// kv_heads, window ≤ tokens. Returns the GQA group size g = q_heads / kv_heads. O(1).
 template <Element T>
-index_t check_window(const KVCache<T>& kv, const QueryWindow<T>& queries) {
+index_t check_window(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries) {
   if (queries.head_dim() != kv.head_dim())
     detail::fail("queries.head_dim", detail::cat("the keys' head_dim (", kv.head_dim(), ")"),
                  queries.head_dim());

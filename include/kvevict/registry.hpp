@@ -231,8 +231,9 @@ inline AnyStream start(const AnyPolicy& policy, const StreamConfig& config) {
 
 /// Runs the one-shot selection of any policy.
 template <Element T>
-void select(const AnyPolicy& policy, const KVCache<T>& kv, const QueryWindow<T>& queries,
-            Budget budget, Selection& out, Workspace& ws) {
+void select(const AnyPolicy& policy, const KVCache<T>& kv,
+            const QueryWindow<query_type<T>>& queries, Budget budget, Selection& out,
+            Workspace& ws) {
   std::visit([&](const auto& p) { p.select(kv, queries, budget, out, ws); }, policy);
 }
 

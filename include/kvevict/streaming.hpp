@@ -28,8 +28,9 @@ namespace kvevict {
 /// step itself. Scratch: 2 · head_dim floats from `ws` (no allocation once warm). Throws
 /// `kvevict::error` for mismatched shapes or a non-finite logit (NaN/inf in the keys or query).
 template <SequenceStream S, Element T>
-AttentionRows attention_rows(const S& stream, const KVCache<T>& kv, const QueryWindow<T>& query,
-                             std::span<float> rows, Workspace& ws) {
+AttentionRows attention_rows(const S& stream, const KVCache<T>& kv,
+                             const QueryWindow<query_type<T>>& query, std::span<float> rows,
+                             Workspace& ws) {
   const index_t slots = stream.slots();
   if (kv.tokens() != slots)
     detail::fail("kv.tokens", detail::cat("the stream's slots (", slots, ")"), kv.tokens());
@@ -54,7 +55,7 @@ AttentionRows attention_rows(const S& stream, const KVCache<T>& kv, const QueryW
         row[s] = -std::numeric_limits<float>::infinity();
         continue;
       }
-      to_float(kv.key(kvh, s).data(), k.data(), d);
+      kv.read(Tensor::keys, kvh, s, k.data());
       row[s] = dot(q.data(), k.data(), d) * scale;
     }
     if (!softmax_inplace({row, static_cast<std::size_t>(slots)}))
@@ -68,7 +69,7 @@ AttentionRows attention_rows(const S& stream, const KVCache<T>& kv, const QueryW
 /// not hand their attention probabilities out. Scratch: q_heads · slots + 2 · head_dim floats
 /// from `ws`.
 template <SequenceStream S, Element T>
-Evictions observe_query(S& stream, const KVCache<T>& kv, const QueryWindow<T>& query,
+Evictions observe_query(S& stream, const KVCache<T>& kv, const QueryWindow<query_type<T>>& query,
                         Workspace& ws) {
   Workspace::Frame frame(ws);
   const auto rows = ws.take<float>(query.q_heads() * stream.slots());
@@ -96,7 +97,11 @@ Evictions observe_query(S& stream, const KVCache<T>& kv, const QueryWindow<T>& q
 ///   driver.observe(query, ws);                  // or driver.observe(engine_probabilities)
 /// }
 /// \endcode
-template <SequenceStream S, Element T>
+///
+/// Quantized caches: the driver writes float rows only (`FloatElement`); an engine whose slots
+/// are quantized writes its own rows (it quantizes them anyway) and drives the stream with
+/// `Stream::append` and `observe` (or `observe_query`, which reads quantized keys).
+template <SequenceStream S, FloatElement T>
 class StreamDriver {
  public:
   /// `slots` views the sequence's slot memory: `slots.tokens() == stream.slots()`.
@@ -130,7 +135,7 @@ class StreamDriver {
   Evictions observe(const AttentionRows& rows) { return stream_.observe(rows); }
 
   /// The step's attention computed here from the new token's query (`window == 1`).
-  Evictions observe(const QueryWindow<T>& query, Workspace& ws) {
+  Evictions observe(const QueryWindow<query_type<T>>& query, Workspace& ws) {
     return observe_query(stream_, slots_, query, ws);
   }
 

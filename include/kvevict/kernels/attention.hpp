@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <limits>
 #include <span>
+#include <vector>
 
 #include "../element.hpp"
 #include "../error.hpp"
@@ -32,6 +33,7 @@
 #include "../query_window.hpp"
 #include "../scores.hpp"
 #include "../workspace.hpp"
+#include "finite.hpp"
 #include "reduce.hpp"
 #include "softmax.hpp"
 
@@ -63,8 +65,8 @@ namespace detail {
 
 /// Reports the first non-finite query or key element of KV head `kvh`'s group (slow path).
 template <Element T>
-[[noreturn]] void report_non_finite(const KVCache<T>& kv, const QueryWindow<T>& q, index_t kvh,
-                                    index_t g) {
+[[noreturn]] void report_non_finite(const KVCache<T>& kv, const QueryWindow<query_type<T>>& q,
+                                    index_t kvh, index_t g) {
   for (index_t h = kvh * g; h < (kvh + 1) * g; ++h)
     for (index_t i = 0; i < q.window(); ++i)
       for (index_t k = 0; k < q.head_dim(); ++k) {
@@ -73,19 +75,24 @@ template <Element T>
           fail("queries", "finite values", x, " at query head ", h, ", window position ", i,
                ", element ", k);
       }
-  for (index_t t = 0; t < kv.tokens(); ++t)
+  require_finite_scales(kv);
+  std::vector<float> row(static_cast<std::size_t>(kv.head_dim()));
+  for (index_t t = 0; t < kv.tokens(); ++t) {
+    kv.read(Tensor::keys, kvh, t, row.data());
     for (index_t k = 0; k < kv.head_dim(); ++k) {
-      const float x = to_float(kv.key(kvh, t)[static_cast<std::size_t>(k)]);
+      const float x = row[static_cast<std::size_t>(k)];
       if (!std::isfinite(x))
         fail("keys", "finite values", x, " at KV head ", kvh, ", token ", t, ", element ", k);
     }
+  }
   fail("keys", "finite attention logits", "an overflow to inf for KV head ", kvh,
        " (finite but huge keys and queries)");
 }
 
 /// fp32 keys [first, first + count) of one head as a `d × count` column-major matrix: mapped in
 /// place when the storage is fp32 and the range is one evenly strided run, otherwise gathered
-/// and converted into `buffer` (≥ count · d floats).
+/// and converted (half, bf16) or dequantized (quantized formats) into `buffer` (≥ count · d
+/// floats).
 template <Element T>
 Eigen::Map<const Eigen::MatrixXf, 0, Eigen::OuterStride<>> key_block(const KVCache<T>& kv,
                                                                      index_t head, index_t first,
@@ -102,10 +109,14 @@ Eigen::Map<const Eigen::MatrixXf, 0, Eigen::OuterStride<>> key_block(const KVCac
     });
     if (single) return {data, d, count, Eigen::OuterStride<>(stride)};
   }
-  kv.for_each_run(Tensor::keys, head, first, first + count, [&](const TokenRun<T>& run) {
-    for (index_t t = 0; t < run.count; ++t)
-      to_float(run.data + t * run.stride, buffer + (run.first - first + t) * d, d);
-  });
+  if constexpr (QuantizedElement<T>) {  // dequantized once per block, then the same GEMM
+    for (index_t t = 0; t < count; ++t) kv.read(Tensor::keys, head, first + t, buffer + t * d);
+  } else {
+    kv.for_each_run(Tensor::keys, head, first, first + count, [&](const TokenRun<T>& run) {
+      for (index_t t = 0; t < run.count; ++t)
+        to_float(run.data + t * run.stride, buffer + (run.first - first + t) * d, d);
+    });
+  }
   return {buffer, d, count, Eigen::OuterStride<>(d)};
 }
 
@@ -125,7 +136,7 @@ Eigen::Map<const Eigen::MatrixXf, 0, Eigen::OuterStride<>> key_block(const KVCac
 /// floats; nothing allocated once `ws` is warm. Throws `kvevict::error` for mismatched shapes,
 /// bad weights, or non-finite keys/queries (named, with the offending element). Single threaded.
 template <Element T>
-void window_attention(const KVCache<T>& kv, const QueryWindow<T>& queries,
+void window_attention(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries,
                       const WindowAttention& options, std::span<float> out, Workspace& ws) {
   const index_t g = check_window(kv, queries);
   const index_t n = kv.tokens(), w = queries.window(), d = kv.head_dim();
@@ -254,7 +265,7 @@ void window_attention(const KVCache<T>& kv, const QueryWindow<T>& queries,
 /// (`[q_heads][n]` from `ws`, valid in the caller's frame), reduced over heads by `reduce`,
 /// keyed to the view's layer. The scorer of TOVA, H2O, NACL, CORM and Cascade.
 template <Element T>
-Scores attention_scores(const KVCache<T>& kv, const QueryWindow<T>& queries,
+Scores attention_scores(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries,
                         const WindowAttention& options, GroupReduce reduce, Workspace& ws,
                         Protected protect = {}) {
   const auto attention = ws.take<float>(queries.q_heads() * kv.tokens());

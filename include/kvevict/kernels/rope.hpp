@@ -64,6 +64,7 @@ template <Element T>
 void shift_head(const KVCache<T>& kv, index_t head, std::span<const std::int64_t> deltas,
                 const Rope& rope, index_t rd, std::vector<double>& freq, std::vector<double>& cs) {
   const index_t half = rd / 2;
+  [[maybe_unused]] std::vector<float> row;
   std::int64_t current = 0;
   bool have = false;
   for (std::size_t t = 0; t < deltas.size(); ++t) {
@@ -78,15 +79,28 @@ void shift_head(const KVCache<T>& kv, index_t head, std::span<const std::int64_t
       current = delta;
       have = true;
     }
-    T* x = kv.key(head, static_cast<index_t>(t)).data();
-    for (index_t k = 0; k < half; ++k) {
-      const index_t a = rope.style == RopeStyle::neox ? k : 2 * k;
-      const index_t b = rope.style == RopeStyle::neox ? k + half : 2 * k + 1;
-      const double c = cs[static_cast<std::size_t>(2 * k)],
-                   s = cs[static_cast<std::size_t>(2 * k + 1)];
-      const double xa = to_float(x[a]), xb = to_float(x[b]);
-      x[a] = from_float<T>(static_cast<float>(xa * c - xb * s));
-      x[b] = from_float<T>(static_cast<float>(xa * s + xb * c));
+    const auto rotate = [&](auto* x, auto load, auto store) {
+      for (index_t k = 0; k < half; ++k) {
+        const index_t a = rope.style == RopeStyle::neox ? k : 2 * k;
+        const index_t b = rope.style == RopeStyle::neox ? k + half : 2 * k + 1;
+        const double c = cs[static_cast<std::size_t>(2 * k)],
+                     s = cs[static_cast<std::size_t>(2 * k + 1)];
+        const double xa = load(x[a]), xb = load(x[b]);
+        x[a] = store(static_cast<float>(xa * c - xb * s));
+        x[b] = store(static_cast<float>(xa * s + xb * c));
+      }
+    };
+    if constexpr (QuantizedElement<T>) {  // dequantize → rotate → requantize the whole row
+      row.resize(static_cast<std::size_t>(kv.head_dim()));
+      kv.read(Tensor::keys, head, static_cast<index_t>(t), row.data());
+      rotate(
+          row.data(), [](float v) { return static_cast<double>(v); }, [](float v) { return v; });
+      kv.write(Tensor::keys, head, static_cast<index_t>(t), row.data());
+    } else {
+      rotate(
+          kv.key(head, static_cast<index_t>(t)).data(),
+          [](T v) { return static_cast<double>(to_float(v)); },
+          [](float v) { return from_float<T>(v); });
     }
   }
 }
@@ -103,6 +117,15 @@ inline void rope_frequencies(const Rope& rope, index_t rd, std::vector<double>& 
 /// Rotates the keys of tokens [0, deltas.size()) of every head by `deltas[t]` positions
 /// (negative moves a key back). Values are not touched. Angles in double, so a shift by +a then
 /// −a returns fp32 keys to within ~1e-7 relative.
+///
+/// Quantized keys are dequantized, rotated and requantized, as llama.cpp's K-shift does for a
+/// quantized cache (`build_rope_shift`: ggml_cast to f32, rope, back): each shift adds at most
+/// one rounding of the format per value — for q8_0 half the block's new scale (amax/127 of the
+/// rotated block), for q4_0 up to a whole step amax/8 (its codes −8 … 7 clamp the sign opposite
+/// the block's largest value at 7), for int8 with per-token scales half of the new
+/// amax/127, for fp8 half a code step (relative 2^-4 e4m3, 2^-3 e5m2) — plus saturation where a
+/// *shared* fp8 / int8 scale cannot hold a rotated value (a rotation keeps each pair's norm, so
+/// a value grows at most √2 times). Per-token scales are recomputed from the rotated row.
 ///
 /// Complexity O(heads · tokens · rotary_dim), one cos/sin table per distinct consecutive delta.
 /// Allocates two vectors of rotary_dim doubles.

@@ -19,6 +19,7 @@
 #include "../kv_cache.hpp"
 #include "../output_projection.hpp"
 #include "../workspace.hpp"
+#include "finite.hpp"
 
 namespace kvevict {
 
@@ -59,12 +60,16 @@ namespace detail {
 template <Element T>
 [[noreturn]] void report_non_finite_norm(const KVCache<T>& kv, const OutputProjection& wo,
                                          index_t kvh, index_t h) {
-  for (index_t t = 0; t < kv.tokens(); ++t)
+  require_finite_scales(kv);
+  std::vector<float> row(static_cast<std::size_t>(kv.head_dim_v()));
+  for (index_t t = 0; t < kv.tokens(); ++t) {
+    kv.read(Tensor::values, kvh, t, row.data());
     for (index_t i = 0; i < kv.head_dim_v(); ++i) {
-      const float x = to_float(kv.value(kvh, t)[static_cast<std::size_t>(i)]);
+      const float x = row[static_cast<std::size_t>(i)];
       if (!std::isfinite(x))
         fail("values", "finite values", x, " at KV head ", kvh, ", token ", t, ", element ", i);
     }
+  }
   for (index_t i = 0; i < wo.head_dim(); ++i)
     for (index_t k = 0; k < wo.hidden(); ++k)
       if (!std::isfinite(wo.at(h, i, k)))
@@ -113,10 +118,14 @@ void projected_value_norms(const KVCache<T>& kv, const OutputProjection& wo, ind
         wo.head(kvh * g + hg, {wbuf + hg * d * hidden, static_cast<std::size_t>(d * hidden)});
     for (index_t b0 = 0; b0 < m; b0 += block) {
       const index_t count = std::min(block, m - b0);
-      kv.for_each_run(Tensor::values, kvh, b0, b0 + count, [&](const TokenRun<T>& run) {
-        for (index_t t = 0; t < run.count; ++t)
-          to_float(run.data + t * run.stride, vbuf + (run.first - b0 + t) * d, d);
-      });
+      if constexpr (QuantizedElement<T>) {
+        for (index_t t = 0; t < count; ++t) kv.read(Tensor::values, kvh, b0 + t, vbuf + t * d);
+      } else {
+        kv.for_each_run(Tensor::values, kvh, b0, b0 + count, [&](const TokenRun<T>& run) {
+          for (index_t t = 0; t < run.count; ++t)
+            to_float(run.data + t * run.stride, vbuf + (run.first - b0 + t) * d, d);
+        });
+      }
       const Eigen::Map<const RowMatrix> v(vbuf, count, d);
       for (index_t hg = 0; hg < g; ++hg) {
         const index_t h = kvh * g + hg;

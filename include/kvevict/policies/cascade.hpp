@@ -244,9 +244,10 @@ class Cascade : public OneShot<Cascade> {
   ///
   /// O(n · (S + C·W + stride) · d · q_heads) FLOPs; scratch from `ws`: kv_heads · (S + C·W +
   /// stride) · (d + d_v) elements and the attention's passes; no allocation once warm.
-  template <Element T>
+  template <FloatElement T>
   void prefill(State& st, StreamCore& core, const KVCache<T>& slots, const KVCache<T>& prompt,
-               const QueryWindow<T>& queries, std::int64_t first_position, Workspace& ws) const {
+               const QueryWindow<query_type<T>>& queries, std::int64_t first_position,
+               Workspace& ws) const {
     if (slots.tokens() != core.slots())
       detail::fail("slots.tokens", detail::cat("the stream's slots (", core.slots(), ")"),
                    slots.tokens());
@@ -330,9 +331,9 @@ class Cascade : public OneShot<Cascade> {
   /// whose attention logits are finite — finite queries and keys (the prompt's and the live
   /// slots') whose norms bound every logit |q·k|/√d ≤ ‖q‖‖k‖/√d below 1e37, so no chunk's
   /// attention can fail halfway through the prompt. O((n + slots) · d).
-  template <Element T>
+  template <FloatElement T>
   void check_prefill(const State& st, const StreamCore& core, const KVCache<T>& slots,
-                     const KVCache<T>& prompt, const QueryWindow<T>& queries,
+                     const KVCache<T>& prompt, const QueryWindow<query_type<T>>& queries,
                      std::int64_t first_position) const {
     if (st.pending[0] >= 0)
       detail::fail("prefill", "an observe after the previous append", "an append pending");
@@ -409,7 +410,7 @@ class Cascade : public OneShot<Cascade> {
   /// Every token's attention summed over the window's queries (`[q_heads][n]` from `ws`),
   /// reduced like the EMA's steps (`reduce`).
   template <Element T>
-  Scores score(const KVCache<T>& kv, const QueryWindow<T>& queries, Granularity,
+  Scores score(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries, Granularity,
                Workspace& ws) const {
     return attention_scores(kv, queries, {.reduce = WindowReduce::sum}, params_.reduce, ws);
   }

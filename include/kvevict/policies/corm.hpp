@@ -143,7 +143,7 @@ class CORM : public OneShot<CORM> {
   /// 1-based position): ≥ 1 when key j is important for some query. Rows come reduced by max
   /// over each group (or every head), as the streaming form's "any query head".
   template <Element T>
-  Scores score(const KVCache<T>& kv, const QueryWindow<T>& queries, Granularity,
+  Scores score(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries, Granularity,
                Workspace& ws) const {
     const index_t n = kv.tokens(), w = queries.window();
     const auto weights = ws.take<float>(w);

@@ -168,7 +168,7 @@ class CriticalKV : public OneShot<CriticalKV> {
   }
 
   template <Element T>
-  void check_inputs(const KVCache<T>& kv, const QueryWindow<T>& queries) const {
+  void check_inputs(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries) const {
     const index_t w = params_.window;
     if (queries.window() < w)
       detail::fail("queries.window", detail::cat("at least CriticalKV's window (", w, ")"),
@@ -184,7 +184,7 @@ class CriticalKV : public OneShot<CriticalKV> {
   /// SnapKV's base scores (first channel) and the projected value norms `‖V_j W_o^h‖` per
   /// query head (second channel, reduced by mean), both `[q_heads][n]` over the prefix.
   template <Element T>
-  Scores score(const KVCache<T>& kv, const QueryWindow<T>& queries, Granularity,
+  Scores score(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries, Granularity,
                Workspace& ws) const {
     check_inputs(kv, queries);
     const index_t n = kv.tokens(), w = params_.window, prefix = n - w, q_heads = wo_.q_heads();

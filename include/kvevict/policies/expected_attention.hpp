@@ -104,7 +104,7 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
   Protected protect(index_t) const noexcept { return {.sinks = params_.n_sink}; }
 
   template <Element T>
-  void check_inputs(const KVCache<T>& kv, const QueryWindow<T>& queries) const {
+  void check_inputs(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries) const {
     if (kv.head_dim() % 2 != 0)
       detail::fail("keys.head_dim", "an even head_dim (RoPE pairs)", kv.head_dim());
     if (kv.tokens() <= params_.n_sink)
@@ -117,7 +117,7 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
 
   /// Expected attention per KV head and token (`[kv_heads][n]` from `ws`; sinks 0, protected).
   template <Element T>
-  Scores score(const KVCache<T>& kv, const QueryWindow<T>& queries, Granularity,
+  Scores score(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries, Granularity,
                Workspace& ws) const {
     check_inputs(kv, queries);
     detail::require_finite(kv, /*keys=*/true, /*values=*/true);
@@ -149,6 +149,7 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
     using RowMajor = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     std::vector<double> q(static_cast<std::size_t>(d)), mu(q.size()), mu2(q.size()), k(q.size()),
         y(static_cast<std::size_t>(count * d));
+    std::vector<float> row(static_cast<std::size_t>(d)), vrow;
     const auto keys = ws.take<double>((n - sinks) * d);  // one KV head's keys
     const auto lin = ws.take<double>(n - sinks);
     const auto proj = ws.take<double>(params_.use_covariance ? (n - sinks) * count : 0);
@@ -208,10 +209,9 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
       const index_t kvh = h / g, m = n - sinks;
       if (h % g == 0)  // this KV head's keys as doubles, once for its g query heads
         for (index_t t = sinks; t < n; ++t) {
-          const auto kk = kv.key(kvh, t);
+          kv.read(Tensor::keys, kvh, t, row.data());
           for (index_t e = 0; e < d; ++e)
-            keys[static_cast<std::size_t>((t - sinks) * d + e)] =
-                to_float(kk[static_cast<std::size_t>(e)]);
+            keys[static_cast<std::size_t>((t - sinks) * d + e)] = row[static_cast<std::size_t>(e)];
         }
       const Eigen::Map<const RowMajor> K(keys.data(), m, d);
       const Eigen::Map<const Eigen::VectorXd> M(mu2.data(), d);
@@ -250,9 +250,10 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
     if (params_.use_vnorm)
       for (index_t h = 0; h < kv.kv_heads(); ++h)
         for (index_t t = sinks; t < n; ++t) {
-          const auto v = kv.value(h, t);
+          vrow.resize(static_cast<std::size_t>(kv.head_dim_v()));
+          kv.read(Tensor::values, h, t, vrow.data());
           double s2 = 0;
-          for (const auto& x : v) s2 += static_cast<double>(to_float(x)) * to_float(x);
+          for (const float x : vrow) s2 += static_cast<double>(x) * x;
           float& o = out[static_cast<std::size_t>(h * n + t)];
           o = static_cast<float>((static_cast<double>(o) + params_.epsilon) * std::sqrt(s2));
         }

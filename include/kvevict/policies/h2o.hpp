@@ -99,7 +99,7 @@ class H2O : public OneShot<H2O> {
   /// (`[q_heads][n]` rows, reduced by `choose`); for `max` the maximum must be taken per query,
   /// so the rows come already reduced for granularity `g` (one `window_attention` per query).
   template <Element T>
-  Scores score(const KVCache<T>& kv, const QueryWindow<T>& queries, Granularity g,
+  Scores score(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries, Granularity g,
                Workspace& ws) const {
     if (params_.reduce != GroupReduce::max)  // linear: sum over queries, then reduce
       return attention_scores(kv, queries, {.reduce = WindowReduce::sum}, params_.reduce, ws);

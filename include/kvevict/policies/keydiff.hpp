@@ -16,6 +16,7 @@
 #include "../choose.hpp"
 #include "../element.hpp"
 #include "../error.hpp"
+#include "../kernels/finite.hpp"
 #include "../kernels/topk.hpp"
 #include "../kv_cache.hpp"
 #include "../metadata.hpp"
@@ -114,14 +115,16 @@ class KeyDiff : public OneShot<KeyDiff> {
 
   /// −cos(k, anchor) per KV head and token (`[kv_heads][n]` from `ws`).
   template <Element T>
-  Scores score(const KVCache<T>& kv, const QueryWindow<T>&, Granularity, Workspace& ws) const {
+  Scores score(const KVCache<T>& kv, const QueryWindow<query_type<T>>&, Granularity,
+               Workspace& ws) const {
+    detail::require_finite_scales(kv);
     const index_t n = kv.tokens(), d = kv.head_dim();
     const auto out = ws.take<float>(kv.kv_heads() * n);
     Workspace::Frame frame(ws);
     const auto unit = ws.take<float>(n * d), anchor = ws.take<float>(d), k = ws.take<float>(d);
     for (index_t h = 0; h < kv.kv_heads(); ++h) {
       for (index_t t = 0; t < n; ++t) {
-        to_float(kv.key(h, t).data(), k.data(), d);
+        kv.read(Tensor::keys, h, t, k.data());
         detail::normalise(k.data(), d, 1e-12, unit.data() + t * d);
         check_finite(unit.data() + t * d, d, h, t);
       }
@@ -140,11 +143,12 @@ class KeyDiff : public OneShot<KeyDiff> {
 
   /// `OneShot::select`, or the block-iterative form when `block > 0`.
   template <Element T>
-  void select(const KVCache<T>& kv, const QueryWindow<T>& queries, Budget budget, Selection& out,
-              Workspace& ws) const {
+  void select(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries, Budget budget,
+              Selection& out, Workspace& ws) const {
     if (params_.block == 0) return OneShot<KeyDiff>::select(kv, queries, budget, out, ws);
     detail::ClearOnError on_error(out);
     check_window(kv, queries);
+    detail::require_finite_scales(kv);
     const index_t n = kv.tokens(), d = kv.head_dim(), b = budget.resolve(n);
     if (b >= n) return out.keep_all(kv.kv_heads(), n, false);
     const index_t block = std::min(params_.block, n);
@@ -165,7 +169,7 @@ class KeyDiff : public OneShot<KeyDiff> {
           cur[static_cast<std::size_t>(i)] = static_cast<token_t>(start + i - kept);
         for (index_t i = 0; i < m; ++i) {
           const index_t t = cur[static_cast<std::size_t>(i)];
-          to_float(kv.key(h, t).data(), k.data(), d);
+          kv.read(Tensor::keys, h, t, k.data());
           detail::normalise(k.data(), d, 1e-12, unit.data() + i * d);
           check_finite(unit.data() + i * d, d, h, t);
         }

@@ -15,6 +15,7 @@
 #include "../choose.hpp"
 #include "../element.hpp"
 #include "../error.hpp"
+#include "../kernels/finite.hpp"
 #include "../kv_cache.hpp"
 #include "../metadata.hpp"
 #include "../one_shot.hpp"
@@ -63,15 +64,19 @@ class KNorm : public OneShot<KNorm> {
 
   /// −‖k‖₂ per KV head and token (`[kv_heads][n]` from `ws`); the queries are not read.
   template <Element T>
-  Scores score(const KVCache<T>& kv, const QueryWindow<T>&, Granularity, Workspace& ws) const {
+  Scores score(const KVCache<T>& kv, const QueryWindow<query_type<T>>&, Granularity,
+               Workspace& ws) const {
+    detail::require_finite_scales(kv);
     const index_t n = kv.tokens(), d = kv.head_dim();
     const auto out = ws.take<float>(kv.kv_heads() * n);
+    Workspace::Frame frame(ws);
+    const auto k = ws.take<float>(d);
     for (index_t h = 0; h < kv.kv_heads(); ++h)
       for (index_t t = 0; t < n; ++t) {
-        const auto k = kv.key(h, t);
+        kv.read(Tensor::keys, h, t, k.data());
         double sum = 0;
         for (index_t i = 0; i < d; ++i) {
-          const double x = to_float(k[static_cast<std::size_t>(i)]);
+          const double x = k[static_cast<std::size_t>(i)];
           sum += x * x;
         }
         if (!std::isfinite(sum))

@@ -85,7 +85,8 @@ class LagKV : public OneShot<LagKV> {
 
   /// LagKV's scores per KV head and token (`[kv_heads][n]` from `ws`).
   template <Element T>
-  Scores score(const KVCache<T>& kv, const QueryWindow<T>&, Granularity, Workspace& ws) const {
+  Scores score(const KVCache<T>& kv, const QueryWindow<query_type<T>>&, Granularity,
+               Workspace& ws) const {
     const index_t n = kv.tokens(), sink = params_.n_sink, lag = params_.lag;
     detail::require_finite(kv, /*keys=*/true, /*values=*/true);
     const auto out = ws.take<float>(kv.kv_heads() * n);
@@ -144,11 +145,15 @@ class LagKV : public OneShot<LagKV> {
     const index_t d = keys ? kv.head_dim() : kv.head_dim_v();
     std::vector<double> lo(static_cast<std::size_t>(d), INFINITY),
         hi(static_cast<std::size_t>(d), -INFINITY);
-    const auto row = [&](index_t t) { return keys ? kv.key(h, t) : kv.value(h, t); };
+    std::vector<float> buffer(static_cast<std::size_t>(d));
+    const auto row = [&](index_t t) -> const std::vector<float>& {
+      kv.read(keys ? Tensor::keys : Tensor::values, h, t, buffer.data());
+      return buffer;
+    };
     for (index_t t = begin + lag; t < begin + 2 * lag; ++t) {
       const auto x = row(t);
       for (index_t c = 0; c < d; ++c) {
-        const double v = to_float(x[static_cast<std::size_t>(c)]);
+        const double v = x[static_cast<std::size_t>(c)];
         lo[static_cast<std::size_t>(c)] = std::min(lo[static_cast<std::size_t>(c)], v);
         hi[static_cast<std::size_t>(c)] = std::max(hi[static_cast<std::size_t>(c)], v);
       }
@@ -159,7 +164,7 @@ class LagKV : public OneShot<LagKV> {
       double mean = 0, sq = 0;
       for (index_t c = 0; c < d; ++c) {
         const double range = hi[static_cast<std::size_t>(c)] - lo[static_cast<std::size_t>(c)];
-        const double v = to_float(x[static_cast<std::size_t>(c)]);
+        const double v = x[static_cast<std::size_t>(c)];
         const double z = range > 0 ? (v - lo[static_cast<std::size_t>(c)]) / range : 0.0;
         mean += z;
         sq += z * z;

@@ -223,10 +223,10 @@ class NACL : public OneShot<NACL> {
   /// The proxy scores: the sum over the proxies' attention (the given window, or its last
   /// `proxies` under a preset), per query head (`[q_heads][n]` from `ws`), reduced by `reduce`.
   template <Element T>
-  Scores score(const KVCache<T>& kv, const QueryWindow<T>& queries, Granularity,
+  Scores score(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries, Granularity,
                Workspace& ws) const {
     const NACLSplit sp = split(kv.tokens());
-    const QueryWindow<T> proxies =
+    const QueryWindow<query_type<T>> proxies =
         sp.proxies == 0 ? queries : queries.last(std::min(sp.proxies, queries.window()));
     return attention_scores(kv, proxies, {.reduce = WindowReduce::sum, .causal = params_.causal},
                             params_.reduce, ws, {sp.sinks, sp.recent});

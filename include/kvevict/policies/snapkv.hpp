@@ -52,8 +52,8 @@ inline void check_snapkv(const SnapKVParams& p) {
 /// `ws`; the window's entries are not written): the window's mean attention, pooled over
 /// tokens. Shared by SnapKV and CriticalKV.
 template <Element T>
-std::span<float> snapkv_scores(const KVCache<T>& kv, const QueryWindow<T>& window, index_t kernel,
-                               Pool pool, Workspace& ws) {
+std::span<float> snapkv_scores(const KVCache<T>& kv, const QueryWindow<query_type<T>>& window,
+                               index_t kernel, Pool pool, Workspace& ws) {
   const index_t n = kv.tokens(), w = window.window(), prefix = n - w;
   const index_t q_heads = window.q_heads();
   const auto attention = ws.take<float>(q_heads * n);
@@ -124,7 +124,7 @@ class SnapKV : public OneShot<SnapKV> {
   }
 
   template <Element T>
-  void check_inputs(const KVCache<T>&, const QueryWindow<T>& queries) const {
+  void check_inputs(const KVCache<T>&, const QueryWindow<query_type<T>>& queries) const {
     if (queries.window() < params_.window)
       detail::fail("queries.window", detail::cat("at least SnapKV's window (", params_.window, ")"),
                    queries.window());
@@ -133,7 +133,7 @@ class SnapKV : public OneShot<SnapKV> {
   /// The pooled window scores of every query head over the prefix [0, n − w) (`[q_heads][n]`
   /// from `ws`, valid in the caller's frame; the window is protected and not scored).
   template <Element T>
-  Scores score(const KVCache<T>& kv, const QueryWindow<T>& queries, Granularity,
+  Scores score(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries, Granularity,
                Workspace& ws) const {
     check_inputs(kv, queries);
     const auto s =

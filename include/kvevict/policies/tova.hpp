@@ -70,7 +70,7 @@ class TOVA : public OneShot<TOVA> {
 
   /// The last query's attention per query head (`[q_heads][n]` from `ws`), reduced by mean.
   template <Element T>
-  Scores score(const KVCache<T>& kv, const QueryWindow<T>& queries, Granularity,
+  Scores score(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries, Granularity,
                Workspace& ws) const {
     return attention_scores(kv, queries.last(1), {.reduce = WindowReduce::sum}, GroupReduce::mean,
                             ws);
