@@ -1,6 +1,7 @@
 // The kvevict command end to end, on .npy files the test writes itself.
 // SPDX-License-Identifier: Apache-2.0
 #include <kvevict/eval/npy.hpp>
+#include <kvevict/eval/stored.hpp>
 #include <kvevict/eval/workload.hpp>
 #include <kvevict/registry.hpp>
 
@@ -182,6 +183,36 @@ TEST_F(Cli, SelectsOnFloat16SharedAndWritesOut) {
   EXPECT_EQ(again.out, s.str());
 }
 
+// --kv-format: the inputs stored as an engine stores them (int8 with per-token scales here),
+// selected with fp32 queries — the library's selection on the same stored cache; a format
+// whose block does not divide head_dim is refused by name.
+TEST_F(Cli, SelectsOnAQuantizedCache) {
+  const Result r =
+      run("select --policy snapkv --set window=4 --set kernel=3 --budget 12 "
+          "--kv-format int8 " +
+          inputs());
+  ASSERT_EQ(r.code, 0) << r.err;
+  const eval::Stored<int8> stored(k_.data(), v_.data(), 2, 40, 8, 8);
+  Selection sel;
+  Workspace ws;
+  SnapKV({.window = 4, .kernel = 3})
+      .select(stored.view(), QueryWindow<float>(q_.data(), 4, 8, 8), Budget::tokens(12), sel, ws);
+  std::string kept = "\"kv_format\": \"int8\", \"shared\": false, \"kept\": [";
+  for (index_t h = 0; h < 2; ++h) {
+    kept += h ? ", [" : "[";
+    for (std::size_t i = 0; i < sel.kept(h).size(); ++i)
+      kept += (i ? ", " : "") + std::to_string(sel.kept(h)[i]);
+    kept += "]";
+  }
+  EXPECT_NE(r.out.find(kept + "]"), std::string::npos) << r.out << "\nwant " << kept;
+  EXPECT_EQ(run("select --policy snapkv --budget 12 --kv-format q8_0 " + inputs()).err,
+            "kvevict: --kv-format: expected a format whose block (32 values) divides head_dim "
+            "(8, 8), got q8_0\n");
+  EXPECT_EQ(run("select --policy snapkv --budget 12 --kv-format q5_1 " + inputs()).err,
+            "kvevict: --kv-format: expected one of q8_0, q4_0, fp8_e4m3, fp8_e5m2, int8, got "
+            "q5_1\n");
+}
+
 TEST_F(Cli, NaclPresetAndSeed) {
   const std::string args = "select --policy nacl --ratio 0.5 --seed 9 --set preset=paper20 " +
                            inputs("k.npy", "v.npy", "q.npy");
@@ -258,6 +289,37 @@ TEST_F(Cli, EvalWritesTableCsvAndPlot) {
             "kvevict: --set: expected settings for a policy in --policies, got 'h2o'\n");
   EXPECT_EQ(run("eval --workload default --mode streaming").err,
             "kvevict: --mode: expected one-shot or replay, got 'streaming'\n");
+}
+
+// eval --kv-format: every row says its format and its agreement with the fp32 selection.
+TEST_F(Cli, EvalOnAQuantizedCacheReportsAgreement) {
+  const std::string csv = path("q8.csv");
+  const Result r =
+      run("eval --workload default --workload-set n=300 --policies snapkv,knorm --ratios 0.2 "
+          "--kv-format q8_0 --csv " +
+          csv);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("format"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("agree"), std::string::npos) << r.out;
+  std::ifstream in(csv);
+  std::string header, row;
+  std::getline(in, header);
+  EXPECT_EQ(header.substr(header.size() - std::string("kv_format,agreement").size()),
+            "kv_format,agreement");
+  int rows = 0;
+  while (std::getline(in, row)) {
+    ++rows;
+    const auto comma = row.rfind(',');
+    EXPECT_EQ(row.substr(row.rfind(',', comma - 1) + 1, comma - row.rfind(',', comma - 1) - 1),
+              "q8_0")
+        << row;
+    const double agreement = std::stod(row.substr(comma + 1));
+    EXPECT_GT(agreement, 0.5) << row;
+    EXPECT_LE(agreement, 1.0) << row;
+  }
+  EXPECT_EQ(rows, 2);
+  EXPECT_EQ(run("eval --workload default --mode replay --kv-format q8_0 --policies h2o").err,
+            "kvevict: --kv-format: expected one-shot mode (replays run on fp32), got q8_0\n");
 }
 
 TEST_F(Cli, DemoWritesItsFiles) {
@@ -346,7 +408,7 @@ TEST_F(Cli, BadInputExitsWithOneLineAndWritesNothing) {
        "kvevict: policy: expected one of " + known_policies() + ", got 'h3o'\n"},
       {"select --policy snapkv --budget 10 --bogus 1 " + inputs(),
        "kvevict: arguments: expected one of --policy --keys --values --queries --wo --budget "
-       "--ratio --set --seed --shared --granularity --out, got '--bogus'\n"},
+       "--ratio --set --seed --shared --granularity --out --kv-format, got '--bogus'\n"},
       {"select --policy snapkv --budget 10 --keys " + path("k.npy"),
        "kvevict: --values: expected to be given, got nothing\n"},
       {"frobnicate",

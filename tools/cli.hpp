@@ -3,6 +3,7 @@
 #pragma once
 
 #include <kvevict/eval/npy.hpp>
+#include <kvevict/eval/stored.hpp>
 #include <kvevict/kvevict.hpp>
 
 #include <cstdio>

@@ -110,6 +110,7 @@ struct Plan {
   std::vector<std::optional<Granularity>> granularities{std::nullopt};
   index_t page_size = 16;  ///< for `pages` on the layers' dense views
   index_t replay_window = 32;
+  eval::KVFormat kv_format = eval::KVFormat::none;  ///< `--kv-format`: select on a stored cache
 };
 
 /// Runs the plan with a progress line on a terminal (nothing when stderr is piped).
@@ -145,7 +146,7 @@ std::vector<eval::Row> execute(const Plan& plan) {
             std::fflush(stderr);
           }
           rows.push_back(eval::run(layer, policy, budget, plan.mode, ws,
-                                   {.window = plan.replay_window}, plan.page_size));
+                                   {.window = plan.replay_window}, plan.page_size, plan.kv_format));
           if (several) rows.back().policy += "/" + std::string(to_string(granularity_of(policy)));
           ++done;
         }
@@ -157,9 +158,11 @@ std::vector<eval::Row> execute(const Plan& plan) {
 }
 
 void print_table(const std::vector<eval::Row>& rows, eval::Mode mode) {
+  const bool formats = !rows.empty() && rows.front().kv_format != "none";
   std::printf("%-14s %-18s %-7s %8s %9s %9s %7s %7s", "workload", "policy", "budget", "kept",
               "error", "err·W_o", "mass", "recall");
   if (mode == eval::Mode::replay) std::printf(" %9s %9s %8s", "replay", "rep.max", "live");
+  if (formats) std::printf(" %-9s %7s", "format", "agree");
   std::printf(" %9s\n", "time ms");
   for (const auto& r : rows) {
     std::printf("%-14s %-18s %-7s %8.1f %9s %9s %7s %7s", r.layer.c_str(), r.policy.c_str(),
@@ -169,6 +172,7 @@ void print_table(const std::vector<eval::Row>& rows, eval::Mode mode) {
     if (mode == eval::Mode::replay)
       std::printf(" %9s %9s %8.1f", fixed(r.replay_mean).c_str(), fixed(r.replay_max).c_str(),
                   r.mean_live);
+    if (formats) std::printf(" %-9s %7s", r.kv_format.c_str(), fixed(r.agreement, 3).c_str());
     std::printf(" %9.2f\n", r.time_ms);
   }
 }
@@ -176,13 +180,14 @@ void print_table(const std::vector<eval::Row>& rows, eval::Mode mode) {
 std::string csv(const std::vector<eval::Row>& rows) {
   std::string out =
       "workload,policy,mode,budget,kept,error,error_wo,kept_mass,needle_recall,replay_mean,"
-      "replay_max,mean_live,time_ms\n";
+      "replay_max,mean_live,time_ms,kv_format,agreement\n";
   for (const auto& r : rows)
     out += r.layer + "," + r.policy + "," + std::string(eval::to_string(r.mode)) + "," + r.budget +
            "," + fixed(r.kept, 1) + "," + fixed(r.metrics.error, 6) + "," +
            fixed(r.metrics.error_wo, 6) + "," + fixed(r.metrics.kept_mass, 6) + "," +
            fixed(r.metrics.needle_recall, 4) + "," + fixed(r.replay_mean, 6) + "," +
-           fixed(r.replay_max, 6) + "," + fixed(r.mean_live, 1) + "," + fixed(r.time_ms, 3) + "\n";
+           fixed(r.replay_max, 6) + "," + fixed(r.mean_live, 1) + "," + fixed(r.time_ms, 3) + "," +
+           r.kv_format + "," + fixed(r.agreement, 6) + "\n";
   return out;
 }
 
@@ -256,9 +261,10 @@ std::vector<Budget> budgets(const Args& args) {
 
 int eval_command(int argc, char** argv) {
   const Args args(argc, argv, 2, {});
-  args.allow({"--workload", "--workload-set", "--keys", "--values", "--queries", "--wo", "--window",
-              "--future", "--policies", "--ratios", "--budgets", "--mode", "--set", "--seed",
-              "--granularity", "--page-size", "--csv", "--plot", "--per-head"});
+  args.allow({"--workload",  "--workload-set", "--keys",   "--values",   "--queries",
+              "--wo",        "--window",       "--future", "--policies", "--ratios",
+              "--budgets",   "--mode",         "--set",    "--seed",     "--granularity",
+              "--page-size", "--csv",          "--plot",   "--per-head", "--kv-format"});
   for (const char* option : {"--csv", "--plot", "--per-head"})
     if (args.has(option)) check_writable(option, args.get(option));
   Plan plan;
@@ -278,6 +284,7 @@ int eval_command(int argc, char** argv) {
   plan.page_size = parse_count("--page-size", args.get("--page-size", "16"));
   if (plan.page_size < 1) fail("--page-size", "a page of at least 1 token", plan.page_size);
   plan.budgets = budgets(args);
+  plan.kv_format = eval::parse_kv_format(args.get("--kv-format", "none"));
   const std::string mode = args.get("--mode", "one-shot");
   if (mode == "replay")
     plan.mode = eval::Mode::replay;

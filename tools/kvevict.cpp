@@ -13,7 +13,7 @@ constexpr const char* usage =
     "  kvevict list                                   policies, parameters, defaults\n"
     "  kvevict select --policy NAME --keys K.npy --values V.npy --queries Q.npy [--wo WO.npy]\n"
     "                 (--budget N | --ratio R) [--set key=value]... [--seed S] [--shared]\n"
-    "                 [--out OUT.json]\n"
+    "                 [--kv-format F] [--out OUT.json]\n"
     "  kvevict replay --policy NAME --keys K.npy --values V.npy --queries Q.npy [--wo WO.npy]\n"
     "                 [--budget N]\n"
     "                 [--set key=value]... [--seed S] [--shared] [--window W] [--every N]\n"
@@ -22,13 +22,16 @@ constexpr const char* usage =
     "                  --keys K.npy --values V.npy --queries Q.npy [--wo WO.npy] [--future F]]\n"
     "                 [--policies a,b,…] [--ratios 0.1,0.2,0.3 | --budgets 256,512]\n"
     "                 [--mode one-shot|replay] [--window W] [--set policy.key=value]… [--seed S]\n"
-    "                 [--csv FILE] [--plot FILE.svg] [--per-head FILE.csv]\n"
+    "                 [--kv-format F] [--csv FILE] [--plot FILE.svg] [--per-head FILE.csv]\n"
     "  kvevict demo   [--out-dir DIR]                 every policy on the default workload\n"
     "\n"
     "Arrays: C-order little-endian float32 or float16 .npy; K, V [kv_heads, n, d];\n"
     "select: Q [q_heads, w, d], the queries of positions n-w … n-1.\n"
     "replay: Q [q_heads, n, d], the query of every position.\n"
-    "WO [q_heads, d_v, hidden]: each head's slice of the output projection (criticalkv).\n";
+    "WO [q_heads, d_v, hidden]: each head's slice of the output projection (criticalkv).\n"
+    "--kv-format q8_0|q4_0|fp8_e4m3|fp8_e5m2|int8: select on K, V stored in that cache format\n"
+    "(ggml blocks; fp8 with a per-tensor scale; int8 with a per-token scale); eval adds the\n"
+    "agreement with the fp32 selection.\n";
 
 }  // namespace
 

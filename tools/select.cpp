@@ -26,7 +26,8 @@ int list() {
 int select(int argc, char** argv) {
   const Args args(argc, argv, 2, {"--shared"});
   args.allow({"--policy", "--keys", "--values", "--queries", "--wo", "--budget", "--ratio", "--set",
-              "--seed", "--shared", "--granularity", "--out"});
+              "--seed", "--shared", "--granularity", "--out", "--kv-format"});
+  const eval::KVFormat format = eval::parse_kv_format(args.get("--kv-format", "none"));
   if (args.has("--out")) check_writable("--out", args.get("--out"));
   Inputs in(args, "[q_heads, w, d]");
   npy::Array wo_array;
@@ -38,9 +39,21 @@ int select(int argc, char** argv) {
 
   Selection sel;
   Workspace ws;
-  in.with_views([&](const auto& kv, const auto& queries) {
-    kvevict::select(policy, kv, queries, b, sel, ws);
-  });
+  if (format == eval::KVFormat::none) {
+    in.with_views([&](const auto& kv, const auto& queries) {
+      kvevict::select(policy, kv, queries, b, sel, ws);
+    });
+  } else {  // the inputs stored as the engine would, selected with fp32 queries
+    if (in.half) {
+      in.kf = Inputs::to_floats(in.k);
+      in.vf = Inputs::to_floats(in.v);
+      in.qf = Inputs::to_floats(in.q);
+    }
+    const QueryWindow<float> queries(in.qf.data(), in.q_heads, in.w, in.d);
+    eval::with_format(
+        format, in.kf.data(), in.vf.data(), in.kv_heads, in.n, in.d, in.dv,
+        [&](const auto& stored) { kvevict::select(policy, stored.view(), queries, b, sel, ws); });
+  }
 
   Json j;
   j.raw("{").key("policy").str(name_of(policy)).raw(", ").key("params");
@@ -48,6 +61,7 @@ int select(int argc, char** argv) {
   j.raw(", ").key("n").raw(std::to_string(in.n)).raw(", ");
   j.key("budget").raw(b.is_none() ? "null" : std::to_string(std::min(b.resolve(in.n), in.n)));
   j.raw(", ");
+  if (format != eval::KVFormat::none) j.key("kv_format").str(eval::to_string(format)).raw(", ");
   j.key("shared").raw(sel.shared() ? "true" : "false").raw(", ").key("kept").raw("[");
   for (index_t h = 0; h < in.kv_heads; ++h) j.raw(h ? ", " : "").list(sel.kept(h));
   j.raw("]}\n");

@@ -17,6 +17,7 @@
 #include "../registry.hpp"
 #include "metrics.hpp"
 #include "replay.hpp"
+#include "stored.hpp"
 #include "workload.hpp"
 
 namespace kvevict::eval {
@@ -109,6 +110,10 @@ struct Row {
   double replay_mean = std::numeric_limits<double>::quiet_NaN(),
          replay_max = std::numeric_limits<double>::quiet_NaN();
   double mean_live = std::numeric_limits<double>::quiet_NaN();  ///< replay: cache size per step
+  std::string kv_format = "none";  ///< the cache format selected on (`--kv-format`)
+  /// With a format: the share of the fp32 selection's (head, token) pairs the selection on the
+  /// quantized cache also keeps (1 = the same tokens).
+  double agreement = std::numeric_limits<double>::quiet_NaN();
 };
 
 /// The label and x of a budget.
@@ -126,8 +131,14 @@ inline std::pair<std::string, double> budget_label(const Budget& b) {
 /// `Budget::none()`. A policy whose granularity is `pages` keeps whole pages of `page_size`
 /// tokens of the layer (its dense view has no page table of its own). Throws `kvevict::error`
 /// for a replay on a layer without every position's query, or a budget the policy rejects.
+///
+/// With `format` (one-shot only) the policy selects on the layer's K and V stored in that
+/// format (`Stored`, with the window's fp32 queries), the metrics compare the output of the
+/// stored cache over the kept tokens with the exact fp32 output, and `agreement` compares the
+/// selection with the one on fp32.
 inline Row run(const Layer& layer, const AnyPolicy& policy, Budget budget, Mode mode, Workspace& ws,
-               const ReplayOptions& replay_options = {}, index_t page_size = 16) {
+               const ReplayOptions& replay_options = {}, index_t page_size = 16,
+               KVFormat format = KVFormat::none) {
   using clock = std::chrono::steady_clock;
   Row row;
   row.layer = layer.name;
@@ -167,7 +178,44 @@ inline Row run(const Layer& layer, const AnyPolicy& policy, Budget budget, Mode 
       row.time_ms = std::min(row.time_ms,
                              std::chrono::duration<double, std::milli>(clock::now() - t0).count());
     }
+    if (format != KVFormat::none) {
+      row.kv_format = std::string(to_string(format));
+      return with_format(
+          format, layer.keys.data(), layer.values.data(), layer.kv_heads, layer.n, layer.d,
+          layer.d_v, [&](const auto& stored) {
+            Selection on_stored;
+            const auto view = stored.view();
+            const auto t0 = clock::now();
+            if (granularity_of(policy) == Granularity::pages)
+              kvevict::detail::fail("format",
+                                    "a policy whose unit is not pages (the stored "
+                                    "cache is dense)",
+                                    "pages");
+            select(policy, view, window, budget, on_stored, ws);
+            row.time_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+            index_t both = 0, total = 0;
+            std::vector<std::uint8_t> mask(static_cast<std::size_t>(layer.n));
+            for (index_t h = 0; h < layer.kv_heads; ++h) {
+              on_stored.to_mask(h, mask);
+              for (const token_t t : sel.kept(h)) both += mask[static_cast<std::size_t>(t)];
+              total += sel.size(h);
+            }
+            row.agreement =
+                total > 0 ? static_cast<double>(both) / static_cast<double>(total) : 1.0;
+            EvalLayer metrics = layer.metrics_view();
+            metrics.approx_keys = stored.keys_read.data();
+            metrics.approx_values = stored.values_read.data();
+            row.metrics = evaluate(metrics, on_stored);
+            for (index_t h = 0; h < layer.kv_heads; ++h)
+              row.kept +=
+                  static_cast<double>(on_stored.size(h)) / static_cast<double>(layer.kv_heads);
+            return row;
+          });
+    }
   } else {
+    if (format != KVFormat::none)
+      kvevict::detail::fail("--kv-format", "one-shot mode (replays run on fp32)",
+                            to_string(format));
     if (!layer.replayable())
       kvevict::detail::fail("queries", "the query of every context position for a replay",
                             layer.query_positions, " positions of ", layer.n);

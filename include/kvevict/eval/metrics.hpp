@@ -27,6 +27,12 @@ struct EvalLayer {
   const float* wo = nullptr;  ///< may be null: no after-W_o metrics
   index_t kv_heads = 0, q_heads = 0, n = 0, d = 0, d_v = 0, future_count = 0, hidden = 0;
   std::span<const index_t> needles = {};
+  /// What a quantized cache holds (dequantized K and V, same layout), or null: the compressed
+  /// output ô is computed from these — attention over the stored keys, the stored values —
+  /// and compared with the exact fp32 output, so the error is quantization and eviction
+  /// together. The kept mass stays that of the exact attention.
+  const float* approx_keys = nullptr;
+  const float* approx_values = nullptr;
 };
 
 /// Fidelity of a kept set. Errors are relative L2 distances between the output over the kept
@@ -67,6 +73,8 @@ inline Metrics evaluate(const EvalLayer& layer, const Selection& kept) {
   m.head_error.assign(static_cast<std::size_t>(layer.q_heads), 0.0);
   if (layer.wo != nullptr) m.head_error_wo.assign(static_cast<std::size_t>(layer.q_heads), 0.0);
   std::vector<float> p(static_cast<std::size_t>(n));
+  const bool stored = layer.approx_keys != nullptr && layer.approx_values != nullptr;
+  std::vector<float> pa(stored ? static_cast<std::size_t>(n) : 0);
   std::vector<std::uint8_t> mask(static_cast<std::size_t>(n));
   // Per query: the full and kept outputs of every head, and their projections.
   std::vector<std::vector<double>> full(static_cast<std::size_t>(layer.q_heads)),
@@ -83,11 +91,17 @@ inline Metrics evaluate(const EvalLayer& layer, const Selection& kept) {
       for (index_t j = 0; j < n; ++j)
         p[static_cast<std::size_t>(j)] = dot(q, layer.keys + (kvh * n + j) * d, d) * scale;
       softmax_inplace(p);
+      if (stored) {
+        for (index_t j = 0; j < n; ++j)
+          pa[static_cast<std::size_t>(j)] =
+              dot(q, layer.approx_keys + (kvh * n + j) * d, d) * scale;
+        softmax_inplace(pa);
+      }
       auto& o = full[static_cast<std::size_t>(h)];
       auto& oh = approx[static_cast<std::size_t>(h)];
       o.assign(static_cast<std::size_t>(dv), 0.0);
       oh.assign(static_cast<std::size_t>(dv), 0.0);
-      double mass = 0, total = 0;
+      double mass = 0, total = 0, approx_mass = 0;
       for (index_t j = 0; j < n; ++j) {
         const double pj = p[static_cast<std::size_t>(j)];
         const float* v = layer.values + (kvh * n + j) * dv;
@@ -96,12 +110,19 @@ inline Metrics evaluate(const EvalLayer& layer, const Selection& kept) {
         total += pj;
         for (index_t e = 0; e < dv; ++e) {
           o[static_cast<std::size_t>(e)] += pj * v[e];
-          if (in) oh[static_cast<std::size_t>(e)] += pj * v[e];
+          if (in && !stored) oh[static_cast<std::size_t>(e)] += pj * v[e];
+        }
+        if (in && stored) {
+          const double qj = pa[static_cast<std::size_t>(j)];
+          const float* va = layer.approx_values + (kvh * n + j) * dv;
+          approx_mass += qj;
+          for (index_t e = 0; e < dv; ++e) oh[static_cast<std::size_t>(e)] += qj * va[e];
         }
       }
       // Both normalised by their own sums (the same arithmetic when everything is kept).
       for (double& x : o) x /= total;
-      for (double& x : oh) x = mass > 0 ? x / mass : 0.0;
+      const double kept_sum = stored ? approx_mass : mass;
+      for (double& x : oh) x = kept_sum > 0 ? x / kept_sum : 0.0;
       m.kept_mass += mass / total / static_cast<double>(f * layer.q_heads);
       m.head_error[static_cast<std::size_t>(h)] += detail::relative(oh, o) / static_cast<double>(f);
     }
