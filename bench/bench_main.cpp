@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <benchmark/benchmark.h>
 
+#include <kvevict/eval/stored.hpp>
 #include <kvevict/kvevict.hpp>
 #include <kvevict/periodic.hpp>
 
@@ -101,6 +102,42 @@ void BM_Score_Window_F16(benchmark::State& state) {
   score_window<Eigen::half>(state);
 }
 BENCHMARK(BM_Score_Window_F16)->Arg(4096)->Arg(32768)->Unit(benchmark::kMillisecond);
+
+/// The same over a quantized cache: Problem<float>'s keys and values stored as an engine stores
+/// them (eval::Stored: ggml blocks, fp8 with a per-tensor scale, int8 with per-token scales),
+/// dequantized block by block into the same GEMM. Target (issue 19): q8_0 and fp8 ≥ 50% of
+/// BM_Ceiling_Sgemm1024.
+template <class T>
+void score_window_stored(benchmark::State& state) {
+  const index_t n = state.range(0);
+  Problem<float> p(n);
+  const kvevict::eval::Stored<T> stored(p.k.data(), p.v.data(), kKVHeads, n, kDim, kDim);
+  const auto kv = stored.view();
+  std::vector<float> out(static_cast<std::size_t>(kQHeads * n));
+  kvevict::Workspace ws;
+  for (auto _ : state) {
+    kvevict::window_attention(kv, *p.window, {.reduce = kvevict::WindowReduce::mean}, out, ws);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["FLOPS"] =
+      benchmark::Counter(score_flops(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+void BM_Score_Window_Q8_0(benchmark::State& state) {
+  score_window_stored<kvevict::q8_0>(state);
+}
+void BM_Score_Window_Q4_0(benchmark::State& state) {
+  score_window_stored<kvevict::q4_0>(state);
+}
+void BM_Score_Window_FP8(benchmark::State& state) {
+  score_window_stored<kvevict::fp8_e4m3>(state);
+}
+void BM_Score_Window_Int8(benchmark::State& state) {
+  score_window_stored<kvevict::int8>(state);
+}
+BENCHMARK(BM_Score_Window_Q8_0)->Arg(32768)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Score_Window_Q4_0)->Arg(32768)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Score_Window_FP8)->Arg(32768)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Score_Window_Int8)->Arg(32768)->Unit(benchmark::kMillisecond);
 
 /// What SnapKV does after scoring: pooling (kernel 7), the GQA mean, and top-k per KV head
 /// (budget n/5). Target: ≤ 15% of BM_Score_Window at the same n.
@@ -449,6 +486,36 @@ void BM_Compact_SnapKV(benchmark::State& state) {
                           static_cast<std::int64_t>(sizeof(float)));
 }
 BENCHMARK(BM_Compact_SnapKV)->Arg(32768)->Unit(benchmark::kMillisecond);
+
+/// BM_Compact's random half over a q8_0 cache (blocks of 34 bytes: rows of 136 bytes, not a
+/// multiple of 64). Bytes = kept K + V blocks moved.
+void BM_Compact_Q8_0(benchmark::State& state) {
+  const index_t n = state.range(0), heads = 8, d = 128, row = d / 32;
+  std::vector<kvevict::q8_0> k(static_cast<std::size_t>(heads * n * row)), v(k.size());
+  const kvevict::KVCache<kvevict::q8_0> kv(kvevict::Storage<kvevict::q8_0>::hnd(k.data(), n, d),
+                                           kvevict::Storage<kvevict::q8_0>::hnd(v.data(), n, d),
+                                           {.kv_heads = heads, .tokens = n, .head_dim = d});
+  kvevict::Selection sel;
+  sel.reset(heads, n, /*shared=*/false);
+  std::mt19937_64 rng(1);
+  std::vector<kvevict::token_t> all(static_cast<std::size_t>(n));
+  for (index_t h = 0; h < heads; ++h) {
+    for (index_t i = 0; i < n; ++i)
+      all[static_cast<std::size_t>(i)] = static_cast<kvevict::token_t>(i);
+    std::shuffle(all.begin(), all.end(), rng);
+    std::sort(all.begin(), all.begin() + n / 2);
+    auto kept = sel.add_head(n / 2);
+    std::copy(all.begin(), all.begin() + n / 2, kept.begin());
+  }
+  kvevict::Compaction out;
+  for (auto _ : state) {
+    kvevict::compact(kv, sel, out);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * heads * (n / 2) * row *
+                          2 * static_cast<std::int64_t>(sizeof(kvevict::q8_0)));
+}
+BENCHMARK(BM_Compact_Q8_0)->Arg(32768)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 
