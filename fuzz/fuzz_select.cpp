@@ -1,12 +1,15 @@
 // libFuzzer target: view construction + select + compact with fuzzed shapes, strides, page
-// tables, dtypes, values (NaN and inf included), policies, parameters, granularities and budgets.
+// tables, dtypes — float, half, bf16 and the quantized formats (q8_0, q4_0, fp8, int8 with
+// fuzzed scale granularity, NaN scales included) — values (NaN and inf included), policies,
+// parameters, granularities and budgets.
 //
 // Properties checked on every input:
 // - every failure is a kvevict::error whose message starts with "<argument>: expected ";
 // - a failed select leaves its Selection incomplete and the cache untouched;
 // - an accepted selection validates and respects the budget (B ≥ n keeps everything);
 // - compact moves each kept entry bit for bit, leaves every head's tokens beyond its new length,
-//   and all memory outside the view's spans, untouched; a rejected compact writes nothing.
+//   and all memory outside the view's spans, untouched; a rejected compact writes nothing;
+//   per-token fp8 / int8 scales move with their tokens.
 // SPDX-License-Identifier: Apache-2.0
 #include <fuzzer/FuzzedDataProvider.h>
 
@@ -14,6 +17,7 @@
 #include <kvevict/registry.hpp>
 
 #include <array>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -88,10 +92,14 @@ class Normal {
   std::uint64_t state_;
 };
 
+/// An element's bytes (a q8_0 block is 34).
 template <class T>
-std::uint32_t raw(T x) {
-  std::uint32_t b = 0;
-  std::memcpy(&b, &x, sizeof(T));
+using Raw = std::array<std::uint8_t, sizeof(T)>;
+
+template <class T>
+Raw<T> raw(T x) {
+  Raw<T> b;
+  std::memcpy(b.data(), &x, sizeof(T));
   return b;
 }
 
@@ -104,17 +112,26 @@ UNTRACED void fill(std::span<T> span, Normal& rng, float scale) {
   for (T& x : span) x = from_float<T>(scale * rng.normal());
 }
 
+/// Writes a row of normal values through the view (quantized as the engine would).
 template <class T>
-UNTRACED void append_bits(std::span<const T> span, std::vector<std::uint32_t>& out) {
+UNTRACED void fill_row(const KVCache<T>& kv, Tensor which, index_t h, index_t t, Normal& rng,
+                       float scale, std::vector<float>& row) {
+  row.resize(static_cast<std::size_t>(kv.dim(which)));
+  for (float& x : row) x = scale * rng.normal();
+  kv.write(which, h, t, row.data());
+}
+
+template <class T>
+UNTRACED void append_bits(std::span<const T> span, std::vector<Raw<T>>& out) {
   const std::size_t n = out.size();
   out.resize(n + span.size());  // not push_back: std::vector's own code is traced
-  std::uint32_t* to = out.data() + n;
+  Raw<T>* to = out.data() + n;
   for (std::size_t i = 0; i < span.size(); ++i) to[i] = raw(span[i]);
 }
 
 template <class T>
-UNTRACED std::vector<std::uint32_t> bits_of(std::span<const T> span) {
-  std::vector<std::uint32_t> out;
+UNTRACED std::vector<Raw<T>> bits_of(std::span<const T> span) {
+  std::vector<Raw<T>> out;
   out.reserve(span.size());
   append_bits(span, out);
   return out;
@@ -123,14 +140,14 @@ UNTRACED std::vector<std::uint32_t> bits_of(std::span<const T> span) {
 /// Marks `span`'s elements of `memory` as covered and appends their bits to `bits`.
 template <class T>
 UNTRACED void cover(std::span<const T> span, const T* memory, std::vector<std::uint8_t>& covered,
-                    std::vector<std::uint32_t>& bits) {
+                    std::vector<Raw<T>>& bits) {
   for (const T& x : span) covered[static_cast<std::size_t>(&x - memory)] = 1;
   append_bits(span, bits);
 }
 
-UNTRACED inline bool equal_outside(const std::vector<std::uint32_t>& a,
-                                   const std::vector<std::uint32_t>& b,
-                                   const std::vector<std::uint8_t>& covered) {
+template <class R>
+UNTRACED bool equal_outside(const std::vector<R>& a, const std::vector<R>& b,
+                            const std::vector<std::uint8_t>& covered) {
   for (std::size_t i = 0; i < a.size(); ++i)
     if (!covered[i] && a[i] != b[i]) return false;
   return true;
@@ -139,13 +156,18 @@ UNTRACED inline bool equal_outside(const std::vector<std::uint32_t>& a,
 template <class T>
 void run(FuzzedDataProvider& in) {
   // -- Shape and layout ---------------------------------------------------------------------
+  // d and dv count elements of T; the shape counts values (a q8_0 element holds 32), now and
+  // then one more than a whole number of blocks (to be refused).
+  constexpr index_t vpe = values_per_element<T>;
+  const index_t most = vpe == 1 ? 20 : 3;
   const index_t heads = in.ConsumeIntegralInRange<index_t>(0, 4);
   const index_t tokens = in.ConsumeIntegralInRange<index_t>(0, 160);
-  const index_t d = in.ConsumeIntegralInRange<index_t>(0, 20);
-  const index_t dv_field = in.ConsumeIntegralInRange<index_t>(0, 20);  // 0: same as d
+  const index_t d = in.ConsumeIntegralInRange<index_t>(0, most);
+  const index_t dv_field = in.ConsumeIntegralInRange<index_t>(0, most);  // 0: same as d
   const index_t dv = dv_field == 0 ? d : dv_field;
   const int layout = in.ConsumeIntegralInRange(0, 3);
-  const Shape shape{heads, tokens, d, dv_field};
+  const index_t ragged = vpe > 1 && in.ConsumeIntegralInRange(0, 15) == 0 ? 1 : 0;
+  const Shape shape{heads, tokens, d * vpe + ragged, dv_field * vpe};
 
   index_t page_size = 0, pool_pages = 0, read_only = 0;
   std::vector<std::int32_t> pages;
@@ -196,7 +218,9 @@ void run(FuzzedDataProvider& in) {
                                ? in.ConsumeIntegralInRange<index_t>(0, k_reach)
                                : k_reach;
   std::vector<T> memory(static_cast<std::size_t>(std::max<index_t>(v_offset + v_reach, 1)));
-  const T sentinel = from_float<T>(-777.25f);
+  T sentinel;
+  std::memset(static_cast<void*>(&sentinel), 0xA7, sizeof(T));
+  if constexpr (FloatElement<T>) sentinel = from_float<T>(-777.25f);
   std::fill(memory.begin(), memory.end(), sentinel);
   ks.data = memory.data();
   vs.data = memory.data() + v_offset;
@@ -212,17 +236,64 @@ void run(FuzzedDataProvider& in) {
     check_message(e);
     return;
   }
+  // fp8 / int8 scales: none, per tensor, per head or per token (dense [h][cap] or following
+  // the pages), sometimes overlapping each other, sometimes with a NaN or inf.
+  std::vector<float> scale_memory;
+  if constexpr (has_external_scale<T>) {
+    const int kind = in.ConsumeIntegralInRange(0, 4);
+    const index_t ps = std::max<index_t>(page_size, 1), cap = layout <= 2 ? tokens : ps;
+    const index_t copies = layout <= 2 ? 1 : std::max<index_t>(pool_pages, 1);
+    const index_t per = kind <= 2 ? std::max<index_t>(heads, 1) : heads * cap * copies;
+    scale_memory.resize(static_cast<std::size_t>(2 * std::max<index_t>(per, 1) + 1));
+    for (std::size_t i = 0; i < scale_memory.size(); ++i)
+      scale_memory[i] = 0.5f + static_cast<float>(i % 7) * 0.25f;
+    const index_t v_at =
+        in.ConsumeIntegralInRange(0, 7) == 0 ? in.ConsumeIntegralInRange<index_t>(0, per) : per + 1;
+    auto make = [&](float* p) -> ScaleStorage {
+      switch (kind) {
+        case 0:
+          return {};
+        case 1:
+          return ScaleStorage::per_tensor(p);
+        case 2:
+          return ScaleStorage::per_head(p);
+        default:
+          if (layout <= 2) return ScaleStorage::hnd(p, std::max<index_t>(cap, 1));
+          return kind == 3 ? ScaleStorage::paged_hnd(p, ps, heads)
+                           : ScaleStorage::paged_nhd(p, ps, heads);
+      }
+    };
+    if (in.ConsumeIntegralInRange(0, 7) == 0) {
+      const float specials[] = {std::numeric_limits<float>::quiet_NaN(),
+                                std::numeric_limits<float>::infinity(), 0.0f, -1.0f};
+      scale_memory[in.ConsumeIntegralInRange<std::size_t>(0, scale_memory.size() - 1)] =
+          specials[in.ConsumeIntegralInRange(0, 3)];
+    }
+    try {
+      view.emplace(view->with_scales(make(scale_memory.data()), make(scale_memory.data() + v_at)));
+    } catch (const kvevict::error& e) {
+      check_message(e);
+      return;
+    }
+  }
   KVCache<T>& kv = *view;
 
   // -- Values: normal, scaled, with specials now and then -------------------------------------
   Normal rng(in.ConsumeIntegral<std::uint64_t>());
   const float scale = in.ConsumeBool() ? 1.0f : in.ConsumeFloatingPointInRange(0.0f, 3000.0f);
   const int specials = in.ConsumeIntegralInRange(0, 3) == 0 ? in.ConsumeIntegralInRange(1, 3) : 0;
-  auto value = [&] { return from_float<T>(scale * rng.normal()); };
+  using Q = query_type<T>;
+  auto value = [&] { return from_float<Q>(scale * rng.normal()); };
+  std::vector<float> row;
   for (index_t h = 0; h < heads; ++h)
     for (index_t t = 0; t < tokens; ++t) {
-      fill(kv.key(h, t), rng, scale);
-      fill(kv.value(h, t), rng, scale);
+      if constexpr (QuantizedElement<T>) {
+        fill_row(kv, Tensor::keys, h, t, rng, scale, row);
+        fill_row(kv, Tensor::values, h, t, rng, scale, row);
+      } else {
+        fill(kv.key(h, t), rng, scale);
+        fill(kv.value(h, t), rng, scale);
+      }
     }
   const float special_values[] = {std::numeric_limits<float>::quiet_NaN(),
                                   std::numeric_limits<float>::infinity(),
@@ -231,22 +302,32 @@ void run(FuzzedDataProvider& in) {
     const index_t h = static_cast<index_t>(rng() % static_cast<std::uint64_t>(heads));
     const index_t t = static_cast<index_t>(rng() % static_cast<std::uint64_t>(tokens));
     auto span = rng() % 2 ? kv.key(h, t) : kv.value(h, t);
-    span[rng() % span.size()] = from_float<T>(special_values[rng() % 3]);
+    auto& x = span[rng() % span.size()];
+    if constexpr (FloatElement<T>) {
+      x = from_float<T>(special_values[rng() % 3]);
+    } else if constexpr (std::same_as<T, q8_0> || std::same_as<T, q4_0>) {
+      x.d = rng() % 2 ? 0x7E00 : 0x7C00;  // a NaN or inf block scale
+    } else if constexpr (std::same_as<T, int8>) {
+      x.q = 127;  // int8 codes are all finite: only a scale can be non-finite
+    } else {
+      x.bits = 0x7F;  // NaN (e4m3fn) or NaN (e5m2)
+    }
   }
+  const auto scales_before = scale_memory;
 
   // -- Queries and W_o ------------------------------------------------------------------------
   const index_t q_heads = in.ConsumeIntegralInRange(0, 7) == 0
                               ? in.ConsumeIntegralInRange<index_t>(1, 9)
                               : heads * in.ConsumeIntegralInRange<index_t>(1, 4);
   const index_t window = in.ConsumeIntegralInRange<index_t>(1, std::min<index_t>(tokens + 2, 48));
-  const index_t qd = in.ConsumeIntegralInRange(0, 15) == 0 ? d + 1 : d;
-  std::vector<T> q(static_cast<std::size_t>(q_heads * window * qd));
-  for (T& x : q) x = value();
+  const index_t qd = in.ConsumeIntegralInRange(0, 15) == 0 ? d * vpe + 1 : d * vpe;
+  std::vector<Q> q(static_cast<std::size_t>(q_heads * window * qd));
+  for (Q& x : q) x = value();
   if (in.ConsumeIntegralInRange(0, 15) == 0 && !q.empty())
-    q[rng() % q.size()] = from_float<T>(special_values[rng() % 3]);
+    q[rng() % q.size()] = from_float<Q>(special_values[rng() % 3]);
   const index_t hidden = in.ConsumeIntegralInRange<index_t>(1, 12);
   const index_t wo_heads = in.ConsumeIntegralInRange(0, 15) == 0 ? q_heads + 1 : q_heads;
-  const index_t wo_dim = in.ConsumeIntegralInRange(0, 15) == 0 ? dv + 1 : dv;
+  const index_t wo_dim = in.ConsumeIntegralInRange(0, 15) == 0 ? dv * vpe + 1 : dv * vpe;
   std::vector<float> wo(static_cast<std::size_t>(wo_heads * wo_dim * hidden));
   for (float& x : wo) x = rng.normal();
   if (in.ConsumeIntegralInRange(0, 15) == 0 && !wo.empty())
@@ -257,7 +338,7 @@ void run(FuzzedDataProvider& in) {
   const std::string_view name = names[in.ConsumeIntegralInRange<std::size_t>(0, names.size() - 1)];
   std::optional<AnyPolicy> policy;
   std::optional<Budget> budget;
-  std::optional<QueryWindow<T>> queries;
+  std::optional<QueryWindow<Q>> queries;
   std::optional<OutputProjection> projection;
   try {
     projection.emplace(OutputProjection::dense(wo.data(), wo_heads, wo_dim, hidden));
@@ -309,6 +390,10 @@ void run(FuzzedDataProvider& in) {
   // -- Select ---------------------------------------------------------------------------------
   auto read_all = [&] { return bits_of(std::span<const T>(memory)); };  // the buffer's bits
   const auto before = read_all();
+  const auto scales_same = [&] {
+    return std::memcmp(scale_memory.data(), scales_before.data(),
+                       scale_memory.size() * sizeof(float)) == 0;
+  };
   Selection out = Selection::all(1, 1);  // complete, as an earlier call leaves it
   Workspace ws;
   try {
@@ -316,10 +401,10 @@ void run(FuzzedDataProvider& in) {
   } catch (const kvevict::error& e) {
     check_message(e);
     if (out.complete()) broken("a failed select leaves its selection incomplete");
-    if (read_all() != before) broken("select never writes the cache");
+    if (read_all() != before || !scales_same()) broken("select never writes the cache");
     return;
   }
-  if (read_all() != before) broken("select never writes the cache");
+  if (read_all() != before || !scales_same()) broken("select never writes the cache");
   try {
     out.validate();
   } catch (const kvevict::error& e) {
@@ -337,7 +422,14 @@ void run(FuzzedDataProvider& in) {
   // -- Compact --------------------------------------------------------------------------------
   // Which buffer elements belong to a (head, token) span of the view, and each span's bits.
   std::vector<std::uint8_t> covered(memory.size(), 0);
-  std::vector<std::vector<std::uint32_t>> logical(static_cast<std::size_t>(heads * tokens));
+  std::vector<std::vector<Raw<T>>> logical(static_cast<std::size_t>(heads * tokens));
+  std::vector<std::uint32_t> logical_scales;  // per (tensor, head, token), as bits
+  const auto scale_bits = [&](Tensor which, index_t h, index_t t) {
+    return std::bit_cast<std::uint32_t>(kv.scale(which, h, t));
+  };
+  for (const Tensor which : {Tensor::keys, Tensor::values})
+    for (index_t h = 0; h < heads; ++h)
+      for (index_t t = 0; t < tokens; ++t) logical_scales.push_back(scale_bits(which, h, t));
   for (index_t h = 0; h < heads; ++h)
     for (index_t t = 0; t < tokens; ++t) {
       auto& l = logical[static_cast<std::size_t>(h * tokens + t)];
@@ -348,7 +440,7 @@ void run(FuzzedDataProvider& in) {
     compact(kv, out, result);
   } catch (const kvevict::error& e) {
     check_message(e);
-    if (read_all() != before) broken("a rejected compact writes nothing");
+    if (read_all() != before || !scales_same()) broken("a rejected compact writes nothing");
     return;
   }
   const auto after = read_all();
@@ -358,13 +450,17 @@ void run(FuzzedDataProvider& in) {
     if (result.lengths[static_cast<std::size_t>(h)] != static_cast<index_t>(kept.size()))
       broken("compact reports the new length");
     for (index_t t = 0; t < tokens; ++t) {
-      std::vector<std::uint32_t> now;
+      std::vector<Raw<T>> now;
       for (auto span : {kv.key(h, t), kv.value(h, t)}) append_bits<T>(span, now);
       const index_t source = t < static_cast<index_t>(kept.size())
                                  ? kept[static_cast<std::size_t>(t)]
                                  : t;  // beyond the new length: unchanged
       if (now != logical[static_cast<std::size_t>(h * tokens + source)])
         broken("kept entries move bit for bit; the rest stays", std::to_string(h));
+      for (int w = 0; w < 2; ++w)
+        if (scale_bits(w == 0 ? Tensor::keys : Tensor::values, h, t) !=
+            logical_scales[static_cast<std::size_t>((w * heads + h) * tokens + source)])
+          broken("per-token scales move with their tokens", std::to_string(h));
     }
   }
 }
@@ -373,15 +469,30 @@ void run(FuzzedDataProvider& in) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   FuzzedDataProvider in(data, size);
-  switch (in.ConsumeIntegralInRange(0, 2)) {
+  switch (in.ConsumeIntegralInRange(0, 7)) {
     case 0:
       run<float>(in);
       break;
     case 1:
       run<Eigen::half>(in);
       break;
-    default:
+    case 2:
       run<Eigen::bfloat16>(in);
+      break;
+    case 3:
+      run<q8_0>(in);
+      break;
+    case 4:
+      run<q4_0>(in);
+      break;
+    case 5:
+      run<fp8_e4m3>(in);
+      break;
+    case 6:
+      run<fp8_e5m2>(in);
+      break;
+    default:
+      run<int8>(in);
   }
   return 0;
 }
