@@ -186,6 +186,59 @@ TEST_F(Tiny, EvictionEqualsRemovingExactlyTheEvictedPositions) {
   }
 }
 
+// The same with llama.cpp's quantized cache (`--cache-type-k q8_0 --cache-type-v q8_0`, flash
+// attention on, as llama.cpp requires for a quantized V): the kept set is scored from the
+// captured fp32 Q/K/V, the evicted cells leave the q8_0 cache, and the next token's logits equal
+// those of a q8_0 reference that removes exactly those positions. Decode-time eviction needs
+// attention probabilities, which flash attention does not produce: refused by name.
+TEST_F(Tiny, Q8_0CacheCompressesLikeRemovingTheEvictedPositions) {
+  const std::string text = prompt("inside-1024-020-1.txt");
+  Session::Options q8 = options();
+  q8.type_k = q8.type_v = GGML_TYPE_Q8_0;
+  for (const char* name : {"snapkv", "tova"}) {
+    Session s(model_, KVEVICT_TINY_MODEL, q8);
+    const auto tokens = s.tokenize(text);
+    s.prefill(tokens);
+    s.compress(s.policy(name), Budget::ratio(0.25));
+    const auto kept = s.kept();
+    ASSERT_LT(static_cast<index_t>(kept.size()), static_cast<index_t>(tokens.size()));
+    const llama_token next = 42;
+    const auto got = s.step(next);
+    const std::vector<float> a(got.begin(), got.end());
+
+    Session ref(model_, KVEVICT_TINY_MODEL, q8);
+    ref.prefill(tokens);
+    llama_memory_t mem = llama_get_memory(ref.context());
+    const std::set<std::int64_t> keep(kept.begin(), kept.end());
+    for (std::int64_t p = 0; p < static_cast<std::int64_t>(tokens.size()); ++p)
+      if (keep.count(p) == 0) {
+        ASSERT_TRUE(
+            llama_memory_seq_rm(mem, 0, static_cast<llama_pos>(p), static_cast<llama_pos>(p + 1)));
+      }
+    llama_batch b = llama_batch_init(1, 0, 1);
+    b.token[0] = next;
+    b.pos[0] = static_cast<llama_pos>(kept.back() + 1);
+    b.n_seq_id[0] = 1;
+    b.seq_id[0][0] = 0;
+    b.logits[0] = 1;
+    b.n_tokens = 1;
+    ASSERT_EQ(llama_decode(ref.context(), b), 0);
+    llama_batch_free(b);
+    const float* r = llama_get_logits_ith(ref.context(), -1);
+    double worst = 0;
+    for (std::size_t i = 0; i < a.size(); ++i)
+      worst = std::max(worst, std::abs(static_cast<double>(a[i] - r[i])));
+    EXPECT_LE(worst, 1e-4) << name;
+  }
+  Session s(model_, KVEVICT_TINY_MODEL, q8);
+  try {
+    s.stream(s.policy("h2o"), 256);
+    ADD_FAILURE() << "stream accepted a q8_0 V cache";
+  } catch (const kvevict::error& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("type_v: expected", 0), 0u) << e.what();
+  }
+}
+
 // Closing the gaps: positions become 0 … kept − 1, and generation continues from there.
 TEST_F(Tiny, ShiftedPositionsAreContiguous) {
   Session s(model_, KVEVICT_TINY_MODEL, options());

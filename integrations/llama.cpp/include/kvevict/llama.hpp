@@ -312,6 +312,12 @@ class Session {
     index_t n_batch = 512;  ///< tokens per llama_decode of the prompt
     index_t threads = 2;
     bool capture_qkv = true;  ///< keep every layer's Q/K/V on the host (one-shot policies)
+    /// The cache's types: f16 (llama.cpp's default), f32, or quantized (`--cache-type-k q8_0`).
+    /// A quantized V needs llama.cpp's flash attention, which never materialises
+    /// `kq_soft_max`: such a session compresses prompts (one-shot policies, from the captured
+    /// fp32 Q/K/V) but refuses `stream`. llama.cpp 80fb11ac also rotates K and V by a
+    /// Hadamard matrix before a quantized cache when head_dim % 64 == 0 (`attn_rot_k`); the
+    /// scores use the captured unrotated vectors, whose dot products the rotation preserves.
     ggml_type type_k = GGML_TYPE_F16, type_v = GGML_TYPE_F16;
   };
 
@@ -326,11 +332,15 @@ class Session {
     cp.n_batch = static_cast<std::uint32_t>(options.n_batch);
     cp.n_ubatch = static_cast<std::uint32_t>(options.n_batch);
     cp.n_threads = cp.n_threads_batch = static_cast<std::int32_t>(options.threads);
-    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;  // kq_soft_max must exist
+    // kq_soft_max must exist for decode-time eviction: flash attention only where llama.cpp
+    // requires it (a quantized V cache).
+    flash_ = ggml_is_quantized(options.type_v);
+    cp.flash_attn_type = flash_ ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     cp.cb_eval = &Capture::callback;
     cp.cb_eval_user_data = &capture_;
     cp.type_k = options.type_k;
     cp.type_v = options.type_v;
+    type_v_ = options.type_v;
     cp.no_perf = true;
     ctx_ = llama_init_from_model(model, cp);
     if (ctx_ == nullptr) detail::fail("context", "a llama.cpp context for the model", "none");
@@ -545,6 +555,11 @@ class Session {
   /// feed one stream whose query heads are all layers' heads, so its evictions are one set for
   /// the sequence. Call before the first token: the prompt is then decoded token by token.
   void stream(const AnyPolicy& policy, index_t budget, PositionMode mode = PositionMode::keep) {
+    if (flash_)
+      detail::fail("type_v",
+                   "an unquantized V cache for decode-time eviction (a quantized one runs "
+                   "flash attention, which gives no attention probabilities)",
+                   ggml_type_name(type_v_));
     const bool free = budget_free(policy);
     stream_.emplace(start(policy, {.kv_heads = 1,
                                    .q_heads = shape_.layers * shape_.heads,
@@ -678,8 +693,8 @@ class Session {
   };
 
   template <Element T>
-  Scores score_layer(const AnyPolicy& policy, const KVCache<T>& kv, const QueryWindow<T>& q,
-                     index_t l) {
+  Scores score_layer(const AnyPolicy& policy, const KVCache<T>& kv,
+                     const QueryWindow<query_type<T>>& q, index_t l) {
     return std::visit(
         [&](const auto& p) -> Scores {
           using P = std::decay_t<decltype(p)>;
@@ -882,6 +897,8 @@ class Session {
   ModelShape shape_;
   Capture capture_;
   llama_context* ctx_ = nullptr;
+  bool flash_ = false;  ///< flash attention on (a quantized V cache)
+  ggml_type type_v_ = GGML_TYPE_F16;
   index_t n_batch_ = 512;
   Workspace ws_;
   Selection selection_;
