@@ -10,8 +10,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <set>
 #include <sstream>
 #include <string>
@@ -47,6 +49,48 @@ class Tiny : public ::testing::Test {
   }
   static inline llama_model* model_ = nullptr;
 };
+
+// kvevict's q8_0 / q4_0 codecs (quant.hpp, written from ggml-common.h and ggml-quants.c) against
+// ggml's own: the reference quantizers (`from_float_ref`: quantize_row_q{8,4}_0_ref) give the
+// same bytes, and the dequantizers (`to_float`) the same floats, on random rows with zero
+// blocks, exact ties and values of every magnitude.
+template <class Block>
+void expect_codec_equals_ggml(ggml_type type) {
+  const ggml_type_traits* traits = ggml_get_type_traits(type);
+  ASSERT_NE(traits, nullptr);
+  ASSERT_EQ(traits->type_size, sizeof(Block));
+  ASSERT_EQ(traits->blck_size, Block::values);
+  std::mt19937_64 rng(19);
+  std::normal_distribution<float> normal;
+  const index_t n = 32 * 64;
+  std::vector<float> x(static_cast<std::size_t>(n));
+  for (index_t i = 0; i < n; ++i) {
+    const auto b = static_cast<int>(i / 32);
+    float v = normal(rng) * std::ldexp(1.0f, b % 16 - 8);
+    if (b % 7 == 0) v = 0.0f;                                    // a zero block
+    if (b % 7 == 1) v = static_cast<float>(i % 32 - 16) * 0.5f;  // exact halves and ties
+    x[static_cast<std::size_t>(i)] = v;
+  }
+  std::vector<Block> ours(static_cast<std::size_t>(n / 32)), theirs(ours.size());
+  quant::quantize(x.data(), n, ours.data());
+  traits->from_float_ref(x.data(), theirs.data(), n);
+  EXPECT_EQ(std::memcmp(ours.data(), theirs.data(), ours.size() * sizeof(Block)), 0);
+  // Dequantizing random blocks (finite scales).
+  std::vector<Block> random(ours.size());
+  auto* bytes = reinterpret_cast<unsigned char*>(random.data());
+  for (std::size_t i = 0; i < random.size() * sizeof(Block); ++i)
+    bytes[i] = static_cast<unsigned char>(rng());
+  for (auto& b : random) b.d = static_cast<std::uint16_t>(b.d & 0x7BFF);  // exponent < 31
+  std::vector<float> a(static_cast<std::size_t>(n)), r(a.size());
+  quant::dequantize(random.data(), n, a.data());
+  traits->to_float(random.data(), r.data(), n);
+  EXPECT_EQ(a, r);
+}
+
+TEST(Ggml, Q8_0AndQ4_0CodecsEqualGgmls) {
+  expect_codec_equals_ggml<q8_0>(GGML_TYPE_Q8_0);
+  expect_codec_equals_ggml<q4_0>(GGML_TYPE_Q4_0);
+}
 
 // The exporter declares the tiny architecture: a llama-architecture model with GQA, every
 // tensor in the shape llama.cpp's llama graph expects.
