@@ -117,7 +117,23 @@ inline Budget budget(const Args& args, bool budget_free = false) {
 }
 
 /// Checks that every element is finite; names the argument and the first bad index.
+/// True when every element of `a` is finite: a branch-free pass over the raw bits (an exponent
+/// of all ones is inf or NaN), which the compiler vectorises. O(size).
+inline bool all_finite(const npy::Array& a) {
+  const auto run = [&](const auto* bits, auto mask) {
+    using B = decltype(mask);
+    B bad = 0;
+    for (index_t i = 0; i < a.size(); ++i)
+      bad |= static_cast<B>((bits[i] & mask) == mask);  // NOLINT: 0/1 accumulation
+    return bad == 0;
+  };
+  if (a.dtype == npy::DType::float32)
+    return run(reinterpret_cast<const std::uint32_t*>(a.data.data()), std::uint32_t{0x7F800000});
+  return run(reinterpret_cast<const std::uint16_t*>(a.data.data()), std::uint16_t{0x7C00});
+}
+
 inline void check_finite(const npy::Array& a, std::string_view argument) {
+  if (all_finite(a)) return;
   for (index_t i = 0; i < a.size(); ++i) {
     const float x = a.at(i);
     if (!std::isfinite(x)) {
@@ -152,7 +168,6 @@ struct Inputs {
   npy::Array k, v, q;
   index_t kv_heads = 0, n = 0, d = 0, dv = 0, q_heads = 0, w = 0;
   bool half = false;
-  std::vector<float> kf, vf, qf;
 
   /// `q_layout` describes Q's expected shape in messages.
   Inputs(const Args& args, std::string_view q_layout) {
@@ -178,17 +193,21 @@ struct Inputs {
     check_finite(q, "queries");
     half = k.dtype == npy::DType::float16 && v.dtype == npy::DType::float16 &&
            q.dtype == npy::DType::float16;
-    if (!half) {
-      kf = to_floats(k);
-      vf = to_floats(v);
-      qf = to_floats(q);
-    }
   }
 
-  static std::vector<float> to_floats(const npy::Array& a) {
-    std::vector<float> out(static_cast<std::size_t>(a.size()));
-    for (index_t i = 0; i < a.size(); ++i) out[static_cast<std::size_t>(i)] = a.at(i);
-    return out;
+  /// K, V and Q as fp32: a float32 file's own (mapped) data, no copy; a float16 one converted
+  /// once, on first use.
+  std::span<const float> kf() { return floats(k, kf_); }
+  std::span<const float> vf() { return floats(v, vf_); }
+  std::span<const float> qf() { return floats(q, qf_); }
+
+  static std::span<const float> floats(const npy::Array& a, std::vector<float>& converted) {
+    if (a.dtype == npy::DType::float32) return {a.as<float>(), static_cast<std::size_t>(a.size())};
+    if (converted.empty()) {
+      converted.resize(static_cast<std::size_t>(a.size()));
+      to_float(a.as<Eigen::half>(), converted.data(), a.size());
+    }
+    return converted;
   }
 
   /// Calls `f(kv, queries)` with views over the inputs in their storage type.
@@ -206,8 +225,11 @@ struct Inputs {
       auto* vp = reinterpret_cast<Eigen::half*>(v.data.data());
       return run(kp, vp, q.as<Eigen::half>());
     }
-    return run(kf.data(), vf.data(), static_cast<const float*>(qf.data()));
+    return run(const_cast<float*>(kf().data()), const_cast<float*>(vf().data()), qf().data());
   }
+
+ private:
+  std::vector<float> kf_, vf_, qf_;
 };
 
 /// `--wo WO.npy` ([q_heads, d_v, hidden], float32 or float16), checked against the inputs; the

@@ -45,11 +45,6 @@ eval::Layer layer_from_dump(const Args& args, index_t window, index_t future) {
   Inputs in(args, "[q_heads, n or w, d]");
   npy::Array wo_array;
   const auto wo = output_projection(args, wo_array, in);
-  if (in.half) {
-    in.kf = Inputs::to_floats(in.k);
-    in.vf = Inputs::to_floats(in.v);
-    in.qf = Inputs::to_floats(in.q);
-  }
   eval::Layer l;
   l.name = std::filesystem::path(args.get("--keys")).stem().string();
   l.kv_heads = in.kv_heads;
@@ -63,25 +58,25 @@ eval::Layer layer_from_dump(const Args& args, index_t window, index_t future) {
     l.query_positions = l.n;
     l.future_count = future;
     for (index_t h = 0; h < in.kv_heads; ++h) {
-      l.keys.insert(l.keys.end(), in.kf.begin() + h * in.n * in.d,
-                    in.kf.begin() + (h * in.n + l.n) * in.d);
-      l.values.insert(l.values.end(), in.vf.begin() + h * in.n * in.dv,
-                      in.vf.begin() + (h * in.n + l.n) * in.dv);
+      l.keys.insert(l.keys.end(), in.kf().begin() + h * in.n * in.d,
+                    in.kf().begin() + (h * in.n + l.n) * in.d);
+      l.values.insert(l.values.end(), in.vf().begin() + h * in.n * in.dv,
+                      in.vf().begin() + (h * in.n + l.n) * in.dv);
     }
     for (index_t h = 0; h < in.q_heads; ++h) {
-      l.queries.insert(l.queries.end(), in.qf.begin() + h * in.n * in.d,
-                       in.qf.begin() + (h * in.n + l.n) * in.d);
-      l.future.insert(l.future.end(), in.qf.begin() + (h * in.n + l.n) * in.d,
-                      in.qf.begin() + (h + 1) * in.n * in.d);
+      l.queries.insert(l.queries.end(), in.qf().begin() + h * in.n * in.d,
+                       in.qf().begin() + (h * in.n + l.n) * in.d);
+      l.future.insert(l.future.end(), in.qf().begin() + (h * in.n + l.n) * in.d,
+                      in.qf().begin() + (h + 1) * in.n * in.d);
     }
     l.window = std::min(window, l.n);
   } else {
     if (in.w > in.n) fail("queries", cat("at most n (", in.n, ") queries"), shape_text(in.q));
     l.n = in.n;
-    l.keys = in.kf;
-    l.values = in.vf;
-    l.queries = in.qf;
-    l.future = in.qf;
+    l.keys.assign(in.kf().begin(), in.kf().end());
+    l.values.assign(in.vf().begin(), in.vf().end());
+    l.queries.assign(in.qf().begin(), in.qf().end());
+    l.future.assign(in.qf().begin(), in.qf().end());
     l.query_positions = in.w;
     l.future_count = in.w;
     l.window = in.w;

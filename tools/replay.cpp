@@ -22,13 +22,9 @@ int replay(int argc, char** argv) {
   if (in.w != in.n)
     fail("queries", cat("one query per position: [q_heads, ", in.n, ", ", in.d, "]"),
          shape_text(in.q));
-  if (in.half) {  // the replay computes in fp32; float16 → float32 is exact
-    in.kf = Inputs::to_floats(in.k);
-    in.vf = Inputs::to_floats(in.v);
-    in.qf = Inputs::to_floats(in.q);
-  }
-  const eval::DecodeTrace trace{in.kf.data(), in.vf.data(), in.qf.data(), in.kv_heads,
-                                in.q_heads,   in.n,         in.d,         in.dv};
+  // the replay computes in fp32 (float16 → float32 is exact)
+  const eval::DecodeTrace trace{in.kf().data(), in.vf().data(), in.qf().data(), in.kv_heads,
+                                in.q_heads,     in.n,           in.d,           in.dv};
   const eval::ReplayResult r =
       eval::replay(policy, trace, budget, {.window = window, .every = every});
 

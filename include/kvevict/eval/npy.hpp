@@ -10,6 +10,11 @@
 /// big-endian or Fortran-order array, a data size that does not match the shape — each is a
 /// `kvevict::error` naming the argument (e.g. `keys`) and what was expected. Nothing is read
 /// past the buffer; the parser is fuzzed.
+///
+/// `read` memory-maps the file (POSIX; a private, pre-faulted mapping) and leaves the payload
+/// where it is: a float32 array of a file written by NumPy (64-byte aligned header) is used in
+/// place, with no copy. Elsewhere, or when the payload is misaligned, the payload is read once
+/// into an owned buffer.
 
 #include <Eigen/Core>
 #include <cstddef>
@@ -18,6 +23,7 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -25,6 +31,17 @@
 
 #include "../element.hpp"
 #include "../error.hpp"
+
+#if __has_include(<sys/mman.h>) && __has_include(<sys/stat.h>) && __has_include(<fcntl.h>) && \
+    __has_include(<unistd.h>)
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define KVEVICT_NPY_MMAP 1
+#else
+#define KVEVICT_NPY_MMAP 0
+#endif
 
 namespace kvevict::npy {
 
@@ -38,11 +55,13 @@ constexpr std::string_view descr(DType t) {
   return t == DType::float32 ? "<f4" : "<f2";
 }
 
-/// An n-dimensional array in C order with its raw little-endian bytes.
+/// An n-dimensional array in C order with its raw little-endian bytes. `data` views the payload
+/// where `owner` keeps it (a mapped file or a buffer); copies of an `Array` share it.
 struct Array {
   DType dtype = DType::float32;
   std::vector<index_t> shape;
-  std::vector<std::byte> data;
+  std::span<std::byte> data;
+  std::shared_ptr<void> owner;
 
   index_t size() const noexcept {
     index_t n = 1;
@@ -145,8 +164,41 @@ class HeaderParser {
 
 }  // namespace detail
 
-/// Parses a whole `.npy` file image. Errors name `argument`. O(size); allocates the array.
+namespace detail {
+/// An uninitialised buffer of `bytes` bytes, 64-byte aligned, owned by a shared_ptr.
+inline std::pair<std::byte*, std::shared_ptr<void>> buffer(std::size_t bytes) {
+  auto* p = static_cast<std::byte*>(
+      ::operator new (std::max<std::size_t>(bytes, 1), std::align_val_t{64}));
+  return {p,
+          std::shared_ptr<void>(p, [](void* q) { ::operator delete (q, std::align_val_t{64}); })};
+}
+
+/// The header of a `.npy` image: dtype, shape and where the payload starts (its size checked
+/// against the image's).
+struct Header {
+  DType dtype = DType::float32;
+  std::vector<index_t> shape;
+  std::size_t offset = 0, bytes = 0;
+};
+inline Header parse_header(std::span<const std::byte> file, std::string_view argument);
+}  // namespace detail
+
+/// Parses a whole `.npy` file image, copying the payload into an owned buffer. Errors name
+/// `argument`. O(size).
 inline Array parse(std::span<const std::byte> file, std::string_view argument) {
+  detail::Header h = detail::parse_header(file, argument);
+  Array out;
+  out.dtype = h.dtype;
+  out.shape = std::move(h.shape);
+  auto [p, owner] = detail::buffer(h.bytes);
+  if (h.bytes > 0) std::memcpy(p, file.data() + h.offset, h.bytes);
+  out.data = {p, h.bytes};
+  out.owner = std::move(owner);
+  return out;
+}
+
+inline detail::Header detail::parse_header(std::span<const std::byte> file,
+                                           std::string_view argument) {
   using kvevict::detail::cat;
   using kvevict::detail::fail;
   constexpr unsigned char magic[] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
@@ -200,7 +252,7 @@ inline Array parse(std::span<const std::byte> file, std::string_view argument) {
   if (!p.at_end()) p.bad("nothing after the closing brace but spaces");
   if (!have_descr || !have_order || !have_shape)
     fail(argument, "a header with descr, fortran_order and shape", "'", std::string(text), "'");
-  Array out;
+  Header out;
   if (dtype == "<f4") {
     out.dtype = DType::float32;
   } else if (dtype == "<f2") {
@@ -223,24 +275,72 @@ inline Array parse(std::span<const std::byte> file, std::string_view argument) {
   if (have != bytes)
     fail(argument, cat(bytes, " bytes of data for its shape"), have,
          have < bytes ? " (truncated)" : " (trailing bytes)");
-  out.data.assign(file.begin() + static_cast<std::ptrdiff_t>(offset + header_len), file.end());
+  out.offset = offset + header_len;
+  out.bytes = bytes;
   return out;
 }
 
-/// Reads a `.npy` file. Errors name `argument` (including a file that cannot be opened).
+/// Reads a `.npy` file: mapped and used in place where it can be (see the file comment), else
+/// read once. Errors name `argument` (including a file that cannot be opened). O(size) page
+/// faults or one read.
 inline Array read(const std::string& path, std::string_view argument) {
+#if KVEVICT_NPY_MMAP
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat st {};
+  if (fd >= 0 && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
+    const auto size = static_cast<std::size_t>(st.st_size);
+    // Mapped read-only and pre-faulted (populating a writable private mapping would copy every
+    // page), then made writable: the command hands views (T*) over it; nothing is written, and a
+    // write would copy its page, never reach the file.
+    void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    ::close(fd);
+    if (map != MAP_FAILED && ::mprotect(map, size, PROT_READ | PROT_WRITE) != 0) {
+      ::munmap(map, size);
+      map = MAP_FAILED;
+    }
+    if (map != MAP_FAILED) {
+      std::shared_ptr<void> mapping(map, [size](void* p) { ::munmap(p, size); });
+      const std::span<const std::byte> file(static_cast<const std::byte*>(map), size);
+      detail::Header h = detail::parse_header(file, argument);
+      if (reinterpret_cast<std::uintptr_t>(file.data() + h.offset) % 4 != 0)
+        return parse(file, argument);  // misaligned payload: one copy into a buffer
+      Array out;
+      out.dtype = h.dtype;
+      out.shape = std::move(h.shape);
+      out.data = {static_cast<std::byte*>(map) + h.offset, h.bytes};
+      out.owner = std::move(mapping);
+      return out;
+    }
+  } else if (fd >= 0) {
+    ::close(fd);
+  }
+#endif
   std::ifstream in(path, std::ios::binary);
   if (!in) kvevict::detail::fail(argument, "a readable .npy file", "'", path, "'");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return parse(std::as_bytes(std::span<const char>(bytes)), argument);
+  in.seekg(0, std::ios::end);
+  const auto end = in.tellg();
+  in.seekg(0, std::ios::beg);
+  if (end < 0) kvevict::detail::fail(argument, "a readable .npy file", "'", path, "'");
+  auto [p, owner] = detail::buffer(static_cast<std::size_t>(end));
+  in.read(reinterpret_cast<char*>(p), end);
+  const std::span<const std::byte> file(p, static_cast<std::size_t>(in.gcount()));
+  detail::Header h = detail::parse_header(file, argument);
+  Array out;
+  out.dtype = h.dtype;
+  out.shape = std::move(h.shape);
+  out.data = {p + h.offset, h.bytes};
+  if (reinterpret_cast<std::uintptr_t>(out.data.data()) % 4 != 0) return parse(file, argument);
+  out.owner = std::move(owner);
+  return out;
 }
 
 /// Serialises an array as `.npy` format 1.0 (header padded to a multiple of 64 bytes).
 /// float32 or float16 only (NumPy has no bfloat16).
 inline std::vector<std::byte> serialize(DType dtype, std::span<const index_t> shape,
                                         const void* data) {
-  if (dtype == DType::bfloat16)
-    kvevict::detail::fail("dtype", "float32 or float16 (.npy has no bfloat16)", "bfloat16");
+  if (dtype != DType::float32 && dtype != DType::float16)
+    kvevict::detail::fail("dtype", "float32 or float16 (.npy has no bfloat16 or block formats)",
+                          to_string(dtype));
   std::string dims;
   index_t count = 1;
   for (std::size_t i = 0; i < shape.size(); ++i) {
