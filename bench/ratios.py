@@ -41,6 +41,10 @@ def main(path):
         elif "bytes_per_second" in r and copy and name != "BM_Ceiling_Memcpy":
             print(f"{name:38s} {r['bytes_per_second'] / 1e9:7.2f} GB/s    = "
                   f"{r['bytes_per_second'] / copy:6.1%} of memcpy")
+    one, two = time("BM_Score_Window/32768"), time("BM_Score_Window_2Threads/32768")
+    if one and two:
+        print(f"scoring at n=32768 with a 2-worker executor: {one / two:.2f}x the serial speed "
+              "(wall time)")
     for n in (4096, 32768):
         select, score = time(f"BM_SnapKV_PoolSelect/{n}"), time(f"BM_Score_Window/{n}")
         if select and score:

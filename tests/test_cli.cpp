@@ -408,7 +408,8 @@ TEST_F(Cli, BadInputExitsWithOneLineAndWritesNothing) {
        "kvevict: policy: expected one of " + known_policies() + ", got 'h3o'\n"},
       {"select --policy snapkv --budget 10 --bogus 1 " + inputs(),
        "kvevict: arguments: expected one of --policy --keys --values --queries --wo --budget "
-       "--ratio --set --seed --shared --granularity --out --kv-format, got '--bogus'\n"},
+       "--ratio --set --seed --shared --granularity --out --kv-format --threads, got "
+       "'--bogus'\n"},
       {"select --policy snapkv --budget 10 --keys " + path("k.npy"),
        "kvevict: --values: expected to be given, got nothing\n"},
       {"frobnicate",

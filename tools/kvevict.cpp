@@ -13,7 +13,7 @@ constexpr const char* usage =
     "  kvevict list                                   policies, parameters, defaults\n"
     "  kvevict select --policy NAME --keys K.npy --values V.npy --queries Q.npy [--wo WO.npy]\n"
     "                 (--budget N | --ratio R) [--set key=value]... [--seed S] [--shared]\n"
-    "                 [--kv-format F] [--out OUT.json]\n"
+    "                 [--kv-format F] [--threads N] [--out OUT.json]\n"
     "  kvevict replay --policy NAME --keys K.npy --values V.npy --queries Q.npy [--wo WO.npy]\n"
     "                 [--budget N]\n"
     "                 [--set key=value]... [--seed S] [--shared] [--window W] [--every N]\n"

@@ -26,7 +26,7 @@ int list() {
 int select(int argc, char** argv) {
   const Args args(argc, argv, 2, {"--shared"});
   args.allow({"--policy", "--keys", "--values", "--queries", "--wo", "--budget", "--ratio", "--set",
-              "--seed", "--shared", "--granularity", "--out", "--kv-format"});
+              "--seed", "--shared", "--granularity", "--out", "--kv-format", "--threads"});
   const eval::KVFormat format = eval::parse_kv_format(args.get("--kv-format", "none"));
   if (args.has("--out")) check_writable("--out", args.get("--out"));
   Inputs in(args, "[q_heads, w, d]");
@@ -39,19 +39,19 @@ int select(int argc, char** argv) {
 
   Selection sel;
   Workspace ws;
+  // --threads N: a ThreadExecutor of N workers scores KV heads in parallel (same selection).
+  const index_t threads = parse_count("--threads", args.get("--threads", "1"));
+  if (threads < 1) fail("--threads", "at least 1 thread", threads);
+  const ThreadExecutor executor(threads);
+  if (threads > 1) ws.set_executor(&executor);
   if (format == eval::KVFormat::none) {
     in.with_views([&](const auto& kv, const auto& queries) {
       kvevict::select(policy, kv, queries, b, sel, ws);
     });
   } else {  // the inputs stored as the engine would, selected with fp32 queries
-    if (in.half) {
-      in.kf = Inputs::to_floats(in.k);
-      in.vf = Inputs::to_floats(in.v);
-      in.qf = Inputs::to_floats(in.q);
-    }
-    const QueryWindow<float> queries(in.qf.data(), in.q_heads, in.w, in.d);
+    const QueryWindow<float> queries(in.qf().data(), in.q_heads, in.w, in.d);
     eval::with_format(
-        format, in.kf.data(), in.vf.data(), in.kv_heads, in.n, in.d, in.dv,
+        format, in.kf().data(), in.vf().data(), in.kv_heads, in.n, in.d, in.dv,
         [&](const auto& stored) { kvevict::select(policy, stored.view(), queries, b, sel, ws); });
   }
 

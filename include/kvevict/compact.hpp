@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "error.hpp"
+#include "executor.hpp"
 #include "kv_cache.hpp"
 #include "selection.hpp"
 
@@ -145,8 +146,13 @@ void move_scales(const KVCache<T>& kv, Tensor which, const Selection& sel) {
 /// Allocation: only `out`'s vectors, which keep their capacity when `out` is reused. Throws
 /// `kvevict::error` for a selection that does not match the view (heads, token count, order,
 /// range).
+///
+/// Threads: with `exec`, KV heads move as parallel tasks (each head's spans are its own: the
+/// view guarantees no two (head, token) spans overlap); the memory afterwards is identical to a
+/// serial run's. A shared selection over NHD rows moves whole rows on the calling thread.
 template <Element T>
-void compact(const KVCache<T>& kv, const Selection& sel, Compaction& out) {
+void compact(const KVCache<T>& kv, const Selection& sel, Compaction& out,
+             const Executor* exec = nullptr) {
   sel.validate();
   if (sel.kv_heads() != kv.kv_heads())
     detail::fail("selection", detail::cat("a selection for kv_heads (", kv.kv_heads(), ")"),
@@ -193,10 +199,10 @@ void compact(const KVCache<T>& kv, const Selection& sel, Compaction& out) {
     detail::move_kept(kv, Tensor::keys, 0, sel.kept(0), heads * rk);
     detail::move_kept(kv, Tensor::values, 0, sel.kept(0), heads * rv);
   } else {
-    for (index_t h = 0; h < heads; ++h) {
+    detail::run_tasks(exec, heads, [&](index_t h, index_t) {
       detail::move_kept(kv, Tensor::keys, h, sel.kept(h), rk);
       detail::move_kept(kv, Tensor::values, h, sel.kept(h), rv);
-    }
+    });
   }
   if constexpr (has_external_scale<T>)
     for (const Tensor which : {Tensor::keys, Tensor::values}) detail::move_scales(kv, which, sel);

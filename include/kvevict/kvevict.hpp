@@ -7,11 +7,13 @@
 /// policies and the registry.
 
 // Views and the policy contract.
+#include "batch.hpp"
 #include "budget.hpp"
 #include "choose.hpp"
 #include "compact.hpp"
 #include "element.hpp"
 #include "error.hpp"
+#include "executor.hpp"
 #include "kv_cache.hpp"
 #include "layout.hpp"
 #include "metadata.hpp"

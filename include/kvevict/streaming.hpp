@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "error.hpp"
+#include "executor.hpp"
 #include "kernels/softmax.hpp"
 #include "kv_cache.hpp"
 #include "policy.hpp"
@@ -43,10 +44,12 @@ AttentionRows attention_rows(const S& stream, const KVCache<T>& kv,
                  rows.size());
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
 
-  Workspace::Frame frame(ws);
-  const auto q = ws.take<float>(d);
-  const auto k = ws.take<float>(d);
-  for (index_t h = 0; h < q_heads; ++h) {
+  // One query head's row, with scratch from `scratch`; rows are disjoint, so heads may run as
+  // parallel tasks on the workspace's executor with identical results.
+  const auto head = [&](index_t h, Workspace& scratch) {
+    Workspace::Frame frame(scratch);
+    const auto q = scratch.take<float>(d);
+    const auto k = scratch.take<float>(d);
     to_float(query.query(h, 0).data(), q.data(), d);
     const index_t kvh = h / g;
     float* row = rows.data() + h * slots;
@@ -61,6 +64,13 @@ AttentionRows attention_rows(const S& stream, const KVCache<T>& kv,
     if (!softmax_inplace({row, static_cast<std::size_t>(slots)}))
       detail::fail("queries", "finite attention logits (finite keys and query)",
                    "a NaN or inf for query head ", h);
+  };
+  const Executor* exec = ws.executor();
+  if (exec == nullptr || exec->workers() <= 1) {
+    for (index_t h = 0; h < q_heads; ++h) head(h, ws);
+  } else {
+    ws.prepare_workers(exec->workers());
+    detail::run_tasks(exec, q_heads, [&](index_t h, index_t w) { head(h, ws.worker(w)); });
   }
   return {rows.data(), q_heads, slots, slots};
 }

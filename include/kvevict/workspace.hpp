@@ -16,6 +16,8 @@
 
 namespace kvevict {
 
+class Executor;
+
 /// Scratch memory owned by the caller and lent to kernels and policies.
 ///
 /// A bump allocator over 64-byte aligned blocks. Memory taken inside a `Frame` is given back
@@ -69,6 +71,21 @@ class Workspace {
     const std::size_t bytes = static_cast<std::size_t>(count) * sizeof(U);
     std::byte* p = bump(bytes);
     return {reinterpret_cast<U*>(p), static_cast<std::size_t>(count)};
+  }
+
+  /// The engine's threads for the kernels that take them from the workspace (scoring, and so
+  /// every attention-based `select`; `attention_rows`; `select_layers`), or null (the default):
+  /// everything on the calling thread. Not owned; must outlive the calls that use it.
+  void set_executor(const Executor* executor) noexcept { executor_ = executor; }
+  const Executor* executor() const noexcept { return executor_; }
+
+  /// The scratch of worker `w` of a parallel run (created by `prepare_workers`, kept and reused;
+  /// without an executor of its own: work inside a task is serial).
+  Workspace& worker(index_t w) noexcept { return *workers_[static_cast<std::size_t>(w)]; }
+  /// Makes sure `count` worker workspaces exist. Call before a parallel run (not thread-safe).
+  void prepare_workers(index_t count) {
+    while (static_cast<index_t>(workers_.size()) < count)
+      workers_.push_back(std::make_unique<Workspace>());
   }
 
   /// Bytes held in all blocks.
@@ -132,6 +149,8 @@ class Workspace {
   }
 
   std::vector<Block> blocks_;
+  const Executor* executor_ = nullptr;
+  std::vector<std::unique_ptr<Workspace>> workers_;
   std::size_t block_ = 0;
   std::size_t used_ = 0;
   std::size_t allocations_ = 0;

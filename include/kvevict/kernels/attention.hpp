@@ -29,6 +29,7 @@
 
 #include "../element.hpp"
 #include "../error.hpp"
+#include "../executor.hpp"
 #include "../kv_cache.hpp"
 #include "../query_window.hpp"
 #include "../scores.hpp"
@@ -134,7 +135,11 @@ Eigen::Map<const Eigen::MatrixXf, 0, Eigen::OuterStride<>> key_block(const KVCac
 /// Complexity: 2·w·n·d FLOPs per query head as blocked GEMMs, plus O(q_heads · w · n) for the
 /// exponentials. Scratch from `ws`: min(g·w, rows_per_pass) · (n + d + n / block + 8) + block · d
 /// floats; nothing allocated once `ws` is warm. Throws `kvevict::error` for mismatched shapes,
-/// bad weights, or non-finite keys/queries (named, with the offending element). Single threaded.
+/// bad weights, or non-finite keys/queries (named, with the offending element).
+///
+/// Threads: with an executor on `ws` (`Workspace::set_executor`), KV heads run as parallel tasks,
+/// each with its worker's scratch (`ws.worker(w)`, the sizes above per worker); the result is
+/// bit-identical to the serial one, and an error is the one the serial run throws.
 template <Element T>
 void window_attention(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries,
                       const WindowAttention& options, std::span<float> out, Workspace& ws) {
@@ -158,17 +163,6 @@ void window_attention(const KVCache<T>& kv, const QueryWindow<query_type<T>>& qu
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
 
   using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  Workspace::Frame frame(ws);
-  float* const q_data = ws.take<float>(pass_rows * d).data();
-  float* const exps = ws.take<float>(pass_rows * n).data();  // column-major rows × n
-  float* const kbuf = ws.take<float>(block * d).data();
-  float* const block_max = ws.take<float>(pass_rows * n_blocks).data();  // rows × blocks
-  float* const m = ws.take<float>(pass_rows).data();                     // running row maximum
-  float* const check = ws.take<float>(pass_rows).data();  // Σ 0·x: NaN iff a logit is not finite
-  float* const ref = ws.take<float>(pass_rows).data();    // exp reference of the current block
-  float* const part = ws.take<float>(pass_rows).data();   // row sums of the current block
-  double* const l = ws.take<double>(pass_rows).data();    // row normalisers
-  float* const factor = ws.take<float>(pass_rows).data();
   auto weight = [&](index_t i) {  // of window query i
     const float c =
         options.query_weights.empty() ? 1.0f : options.query_weights[static_cast<std::size_t>(i)];
@@ -176,7 +170,19 @@ void window_attention(const KVCache<T>& kv, const QueryWindow<query_type<T>>& qu
   };
 
   std::fill(out.begin(), out.end(), 0.0f);  // every reduction starts from 0 (probabilities ≥ 0)
-  for (index_t kvh = 0; kvh < kv.kv_heads(); ++kvh) {
+  // One KV head's group, with its scratch from `scratch`: it writes only its own rows of `out`.
+  const auto group = [&](index_t kvh, Workspace& scratch) {
+    Workspace::Frame frame(scratch);
+    float* const q_data = scratch.take<float>(pass_rows * d).data();
+    float* const exps = scratch.take<float>(pass_rows * n).data();  // column-major rows × n
+    float* const kbuf = scratch.take<float>(block * d).data();
+    float* const block_max = scratch.take<float>(pass_rows * n_blocks).data();  // rows × blocks
+    float* const m = scratch.take<float>(pass_rows).data();      // running row maximum
+    float* const check = scratch.take<float>(pass_rows).data();  // Σ 0·x: NaN iff not finite
+    float* const ref = scratch.take<float>(pass_rows).data();    // exp reference of the block
+    float* const part = scratch.take<float>(pass_rows).data();   // row sums of the block
+    double* const l = scratch.take<double>(pass_rows).data();    // row normalisers
+    float* const factor = scratch.take<float>(pass_rows).data();
     for (index_t r0 = 0; r0 < group_rows; r0 += pass_rows) {
       const index_t rows = std::min(pass_rows, group_rows - r0);  // group rows r0 … r0 + rows
       Eigen::Map<RowMatrix> qg(q_data, rows, d);
@@ -258,7 +264,15 @@ void window_attention(const KVCache<T>& kv, const QueryWindow<query_type<T>>& qu
         }
       }
     }
+  };
+  const Executor* exec = ws.executor();
+  if (exec == nullptr || exec->workers() <= 1 || kv.kv_heads() <= 1) {
+    for (index_t kvh = 0; kvh < kv.kv_heads(); ++kvh) group(kvh, ws);
+    return;
   }
+  ws.prepare_workers(exec->workers());
+  detail::run_tasks(exec, kv.kv_heads(),
+                    [&](index_t kvh, index_t worker) { group(kvh, ws.worker(worker)); });
 }
 
 /// `window_attention` as the `Scores` a policy hands to `choose`: one row per query head
