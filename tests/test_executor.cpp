@@ -139,7 +139,8 @@ TEST(Threads, CompactionWithWorkersLeavesTheSameMemory) {
 
 TEST(Threads, AttentionRowsPerQueryHeadMatchTheSerialOnes) {
   Layer l(4);
-  auto seq = H2O().start({.kv_heads = l.heads, .q_heads = l.q_heads, .budget = 200});
+  const H2O h2o({.recent = 50});
+  auto seq = h2o.start({.kv_heads = l.heads, .q_heads = l.q_heads, .budget = 200});
   ASSERT_LE(seq.slots(), l.n);
   // The slots view over the layer's memory; 150 tokens go through the stream first.
   const KVCache<float> slots(Storage<float>::hnd(l.k.data(), l.n, l.d),

@@ -125,7 +125,7 @@ class Protection {
     seen_ = 0;
     next_ = 0;
     ring_.assign(static_cast<std::size_t>(heads * std::max<index_t>(recent, 1)), -1);
-    flag_.assign(static_cast<std::size_t>(heads * slots), 0);
+    flag_.assign(static_cast<std::size_t>(heads * slots), free_bit);
   }
   /// Records that `slot` of head h now holds the newest token (call once per head and token,
   /// then `next_token`).
@@ -149,12 +149,19 @@ class Protection {
       next_ = (next_ + 1) % recent_;
     }
   }
-  bool protects(index_t h, index_t slot) const noexcept {
-    return flag_[static_cast<std::size_t>(h * slots_ + slot)] != 0;
+  /// Records that `slot` of head h was freed.
+  void on_release(index_t h, token_t slot) noexcept {
+    flag_[static_cast<std::size_t>(h * slots_ + slot)] |= free_bit;
   }
+  bool protects(index_t h, index_t slot) const noexcept {
+    return (flag_[static_cast<std::size_t>(h * slots_ + slot)] & (sink_bit | recent_bit)) != 0;
+  }
+  /// Head h's slot flags: 0 exactly for a live slot that is not protected (what eviction may
+  /// take), so a scan for the lowest score reads one byte per slot.
+  const std::uint8_t* flags(index_t h) const noexcept { return flag_.data() + h * slots_; }
 
  private:
-  static constexpr std::uint8_t sink_bit = 1, recent_bit = 2;
+  static constexpr std::uint8_t sink_bit = 1, recent_bit = 2, free_bit = 4;
   index_t slots_ = 0, sinks_ = 0, recent_ = 0, seen_ = 0, next_ = 0;
   std::vector<token_t> ring_;
   std::vector<std::uint8_t> flag_;

@@ -106,6 +106,7 @@ class StreamCore {
   /// Frees `slot` of stored head h and reports it in this step's evictions (heads ascending).
   void evict(index_t h, token_t slot) noexcept {
     table_.release(h, slot);
+    protection_.on_release(h, slot);
     evicted_.push(h, slot);
   }
 
@@ -121,6 +122,27 @@ class StreamCore {
           (key[s] == key[victim] && table_.position(h, s) < table_.position(h, victim)))
         victim = static_cast<token_t>(s);
     }
+    return victim;
+  }
+
+  /// The position held by every slot of stored head h (−1: free), for one-pass scans.
+  std::span<const std::int64_t> positions(index_t h) const noexcept { return table_.positions(h); }
+
+  /// Stored head h's slot flags: 0 exactly for a live, unprotected slot (see `lowest_eligible`).
+  const std::uint8_t* flags(index_t h) const noexcept { return protection_.flags(h); }
+
+  /// `lowest(h, key, !protects)` for a key already scanned: `best` is the minimum of `key` over
+  /// the slots whose flag is 0, found in [from, to) — the range a fused pass saw it in — and
+  /// ties go to the older position. −1 when no slot is eligible (best = +inf, or NaN keys):
+  /// then the caller falls back to `lowest`. O(to − from).
+  token_t lowest_eligible(index_t h, const float* key, float best, index_t from,
+                          index_t to) const noexcept {
+    const std::uint8_t* flag = protection_.flags(h);
+    token_t victim = -1;
+    for (index_t s = from; s < to; ++s)
+      if (flag[s] == 0 && key[s] == best &&
+          (victim < 0 || table_.position(h, s) < table_.position(h, victim)))
+        victim = static_cast<token_t>(s);
     return victim;
   }
 

@@ -195,21 +195,26 @@ class CORM : public OneShot<CORM> {
   void observed(State& st, StreamCore& core, const AttentionRows& rows) const noexcept {
     const index_t slots = core.slots(), g = core.q_heads() / core.stored();
     const bool live_threshold = params_.threshold == CORMThreshold::live;
+    constexpr index_t chunk = 1024;  // one L1-resident chunk at a time: a single pass per step
     for (index_t h = 0; h < core.stored(); ++h) {
       const float threshold = 1.0f / static_cast<float>(live_threshold ? core.size(h) : st.t);
-      // The group's maximum: important for any of its query heads.
-      reduce_group(rows.data + h * g * rows.head_stride, rows.head_stride, g, slots,
-                   GroupReduce::max, st.step.data());
       std::int64_t* last = st.last.data() + h * slots;
-      for (index_t s = 0; s < slots; ++s)
-        if (st.step[static_cast<std::size_t>(s)] >= threshold) last[s] = st.t;
+      const std::int64_t* position = core.positions(h).data();
       // Long-term minor keys outside the last r positions leave.
       const std::int64_t recent_from = st.t - params_.r;  // 1-based positions > this are recent
       const std::int64_t stale_before = st.t - params_.w + 1;
-      for (index_t s = 0; s < slots; ++s) {
-        const std::int64_t pos = core.position(h, s);
-        if (pos < 0 || pos + 1 > recent_from || last[s] >= stale_before) continue;
-        core.evict(h, static_cast<token_t>(s));
+      for (index_t c0 = 0; c0 < slots; c0 += chunk) {
+        const index_t count = std::min(chunk, slots - c0);
+        // The group's maximum: important for any of its query heads.
+        reduce_group(rows.data + h * g * rows.head_stride + c0, rows.head_stride, g, count,
+                     GroupReduce::max, st.step.data());
+        for (index_t i = 0; i < count; ++i) {
+          const index_t s = c0 + i;
+          if (st.step[static_cast<std::size_t>(i)] >= threshold) last[s] = st.t;
+          const std::int64_t pos = position[s];
+          if (pos < 0 || pos + 1 > recent_from || last[s] >= stale_before) continue;
+          core.evict(h, static_cast<token_t>(s));
+        }
       }
       const auto old_enough = [&](index_t s) { return core.position(h, s) + 1 <= recent_from; };
       while (core.size(h) > st.limit)  // the cap: the longest unimportant leaves first

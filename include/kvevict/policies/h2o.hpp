@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string_view>
@@ -163,17 +164,48 @@ class H2O : public OneShot<H2O> {
       st.acc[static_cast<std::size_t>(h * core.slots() + slots[static_cast<std::size_t>(h)])] = 0;
   }
   /// Adds the step's attention to `acc`; evicts the non-recent argmin when over budget.
+  ///
+  /// One pass over the slots in chunks that stay in L1: the group reduction of a chunk, its
+  /// addition to `acc` and the minimum over the evictable slots (flag 0) — then only the chunks
+  /// holding that minimum are scanned again for the oldest such slot. The same arithmetic, and
+  /// so the same evictions, as reducing, adding and searching in three passes (issue 21: the
+  /// step's cost against the attention step).
   void observed(State& st, StreamCore& core, const AttentionRows& rows) const noexcept {
     const index_t slots = core.slots(), g = core.q_heads() / core.stored();
+    constexpr index_t chunk = 1024;
     float* const step = st.step.data();
+    const float inf = std::numeric_limits<float>::infinity();
     for (index_t h = 0; h < core.stored(); ++h) {
       float* acc = st.acc.data() + h * slots;
+      const std::uint8_t* flag = core.flags(h);
+      const bool over = core.size(h) > core.budget();
+      float best = inf;
+      index_t first = 0, last = 0;  // the chunks [first, last] hold `best`
       // Free slots accumulate whatever the engine left there; `append` resets a slot's acc.
-      reduce_group(rows.data + h * g * rows.head_stride, rows.head_stride, g, slots, params_.reduce,
-                   step);
-      for (index_t s = 0; s < slots; ++s) acc[s] += step[s];
-      if (core.size(h) <= core.budget()) continue;
-      core.evict(h, core.lowest(h, acc, [&](index_t s) { return !core.protects(h, s); }));
+      for (index_t c0 = 0; c0 < slots; c0 += chunk) {
+        const index_t count = std::min(chunk, slots - c0);
+        reduce_group(rows.data + h * g * rows.head_stride + c0, rows.head_stride, g, count,
+                     params_.reduce, step);
+        float m = inf;
+        for (index_t s = 0; s < count; ++s) {
+          const float a = acc[c0 + s] + step[s];
+          acc[c0 + s] = a;
+          m = std::min(m, flag[c0 + s] == 0 ? a : inf);
+        }
+        if (m < best) {
+          best = m;
+          first = last = c0;
+        } else if (m == best && m != inf) {
+          last = c0;
+        }
+      }
+      if (!over) continue;
+      token_t victim =
+          best < inf ? core.lowest_eligible(h, acc, best, first, std::min(slots, last + chunk))
+                     : token_t{-1};
+      if (victim < 0)  // nothing finite to take: the general rule (and its −1 when none)
+        victim = core.lowest(h, acc, [&](index_t s) { return !core.protects(h, s); });
+      core.evict(h, victim);
     }
   }
 
