@@ -391,8 +391,8 @@ void run(FuzzedDataProvider& in) {
   auto read_all = [&] { return bits_of(std::span<const T>(memory)); };  // the buffer's bits
   const auto before = read_all();
   const auto scales_same = [&] {
-    return std::memcmp(scale_memory.data(), scales_before.data(),
-                       scale_memory.size() * sizeof(float)) == 0;
+    return scale_memory.empty() || std::memcmp(scale_memory.data(), scales_before.data(),
+                                               scale_memory.size() * sizeof(float)) == 0;
   };
   Selection out = Selection::all(1, 1);  // complete, as an earlier call leaves it
   Workspace ws;
