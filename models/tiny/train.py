@@ -29,6 +29,17 @@ limit was set to 750 and the run resumed from its step-700 checkpoint, so that t
 schedule reproduces the run from scratch (no phase boundary had been crossed). At 128 tokens it
 reached 19–38% in 600 steps, at 256 6–19% in 400.
 
+Run v10 (`--schedule v10`, the default; /work/tiny-v10 on 2026-12-01, sharing the machine with
+builds for most of the first half): the shipped model. Phase ends (greedy passkey accuracy at
+the phase's length on 16 validation prompts; at 2048 on 12): 64 tokens 88% at step 300, phase
+limit 400; 128 tokens 94% at step 1550 (19–44% until step 1200, 81% at 1250); 256 tokens 94% at
+2500; 512 tokens 94% at 2650; 1024 tokens 44–62%, phase limit at 3250; 2048 tokens 6% → 81%
+over its 800 steps (step 4050). Then `--extend-last 600` continued at lr 1.5e-4 to step 4650
+(75–81% at 2048). Reproducing exactly: the first continuation restarted the cosine at peak lr
+for 13 steps before it was stopped; the weights of step 4050 were restored, but its optimizer
+state was kept from step 4060 of that attempt (the cosine now uses the schedule's own
+last-phase length, so `--extend-last` runs at the final rate).
+
 Each sequence is BOS + text. With probability `passkey_share` it is a passkey example: filler
 from the train split, the needle sentence at a uniform random depth, the question, the key, then
 the filler goes on to the end of the sequence; the prompt part is uniform in [T/4, T]. Loss is
@@ -78,7 +89,8 @@ SCHEDULES = {
                        (512, 4, 0.6, 800), (1024, 2, 0.5, 600), (2048, 1, 0.5, 800)],
             "answer_weight": 5.0, "max_depth": 0.7},
 }
-PHASES = SCHEDULES["v9"]["phases"]  # replaced by --schedule in main()
+PHASES = SCHEDULES["v10"]["phases"]  # replaced by --schedule in main()
+LAST_PHASE_STEPS = PHASES[-1][3]  # the cosine's length (not extended by --extend-last)
 PEAK_LR, WARMUP, MIN_LR_FRACTION, ADVANCE = 1.5e-3, 50, 0.1, 0.9
 
 
@@ -139,7 +151,8 @@ def lr_at(step, last_start):
         return PEAK_LR * (step + 1) / WARMUP
     if last_start is None:
         return PEAK_LR
-    p = min(1.0, (step - last_start) / PHASES[-1][3])
+    # the schedule's own last-phase length: steps added by --extend-last run at the final rate
+    p = min(1.0, (step - last_start) / LAST_PHASE_STEPS)
     return PEAK_LR * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
@@ -195,14 +208,20 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save-every", type=int, default=20)
     ap.add_argument("--eval-every", type=int, default=50)
-    ap.add_argument("--schedule", choices=sorted(SCHEDULES), default="v9")
+    ap.add_argument("--schedule", choices=sorted(SCHEDULES), default="v10")
+    ap.add_argument("--extend-last", type=int, default=0,
+                    help="more steps for the last phase, at the schedule's final learning rate "
+                         "(10%% of peak); resuming a finished run in --out continues it")
     ap.add_argument("--tokenizer", default=os.path.join(HERE, "tokenizer.model"))
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    global PHASES
+    global PHASES, LAST_PHASE_STEPS
     schedule = SCHEDULES[args.schedule]
-    PHASES = schedule["phases"]
+    LAST_PHASE_STEPS = schedule["phases"][-1][3]
+    PHASES = [list(p) for p in schedule["phases"]]
+    PHASES[-1][3] += args.extend_last
+    PHASES = [tuple(p) for p in PHASES]
     os.makedirs(args.out, exist_ok=True)
     sp = spm.SentencePieceProcessor(model_file=args.tokenizer)
     parts = data.splits(args.cache)
@@ -224,6 +243,9 @@ def main():
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, phase, phase_start = state["step"], state["phase"], state["phase_start"]
+        if phase >= len(PHASES) and args.extend_last > 0:  # a finished run, continued
+            phase = len(PHASES) - 1
+            phase_start = step - LAST_PHASE_STEPS  # where the last phase began
         print(f"resumed at step {step} (phase {phase})", flush=True)
     log = open(os.path.join(args.out, "train.log"), "a")
 
