@@ -162,49 +162,6 @@ TEST(Compact, RejectsSelectionsThatDoNotMatch) {
   expect_error([&] { compact(c.kv(), incomplete); }, "selection: expected 2 heads filled, got 1");
 }
 
-// A compaction larger than a last-level cache moves with streaming stores: the same bytes as
-// a plain copy (rows of whole cache lines, padded, the base 4 bytes off 16-byte alignment so the
-// aligning head copy runs), per head and shared, serial and with workers.
-TEST(Compact, LargeCompactionWithStreamingStoresMovesTheSameBytes) {
-  const index_t heads = 8, n = 9000, d = 128, stride = d + 16;
-  std::vector<float> k(static_cast<std::size_t>(heads * n * stride) + 1), v(k.size());
-  std::mt19937_64 rng(12);
-  std::normal_distribution<float> normal;
-  for (float& x : k) x = normal(rng);
-  for (float& x : v) x = normal(rng);
-  for (const bool shared : {false, true}) {
-    for (index_t workers : {1, 2}) {
-      auto kc = k, vc = v;
-      const KVCache<float> kv(
-          Storage<float>::strided(kc.data() + 1, {.head = n * stride, .token = stride}),
-          Storage<float>::strided(vc.data() + 1, {.head = n * stride, .token = stride}),
-          {heads, n, d});
-      Selection sel;
-      sel.reset(heads, n, shared);
-      for (index_t h = 0; h < sel.stored_heads(); ++h) {
-        std::vector<token_t> kept;
-        for (token_t t = 0; t < n; ++t)
-          if (rng() % 10 < 6) kept.push_back(t);  // 60%: above 32 MiB moved in all
-        const auto out = sel.add_head(static_cast<index_t>(kept.size()));
-        std::copy(kept.begin(), kept.end(), out.begin());
-      }
-      const ThreadExecutor exec(workers);
-      Compaction c;
-      compact(kv, sel, c, &exec);
-      for (index_t h = 0; h < heads; ++h) {
-        const auto kept = sel.kept(h);
-        for (std::size_t i = 0; i < kept.size(); ++i) {
-          const auto to = static_cast<std::size_t>((h * n + static_cast<index_t>(i)) * stride) + 1;
-          const auto from = static_cast<std::size_t>((h * n + kept[i]) * stride) + 1;
-          ASSERT_EQ(std::memcmp(&kc[to], &k[from], d * sizeof(float)), 0) << h << " " << i;
-          ASSERT_EQ(std::memcmp(&vc[to], &v[from], d * sizeof(float)), 0) << h << " " << i;
-          ASSERT_EQ(kc[to + d], k[to + d]) << "padding";
-        }
-      }
-    }
-  }
-}
-
 TEST(Selection, MaskAndEvictedRanges) {
   Selection sel;
   sel.reset(2, 10, false);

@@ -5,13 +5,9 @@
 /// \file
 /// \brief `compact`: moves the kept tokens of every head to the front, in place.
 
-#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 #include <span>
 #include <vector>
 
@@ -53,44 +49,6 @@ inline void copy_forward(std::byte* dst, const std::byte* src, std::size_t bytes
   if (i < bytes) std::memmove(dst + i, src + i, bytes - i);
 }
 
-/// `copy_forward` with non-temporal (streaming) stores where the CPU has them: the destination
-/// lines are written without being read first (a cached store reads each line before writing
-/// it: a third of a large compaction's memory traffic) and do not displace the cache. For
-/// compactions larger than the last-level cache only (see `compact`); the caller fences.
-inline void copy_forward_streaming(std::byte* dst, const std::byte* src,
-                                   std::size_t bytes) noexcept {
-#if defined(__SSE2__)
-  const auto misalign = reinterpret_cast<std::uintptr_t>(dst) % 16;
-  const std::size_t head = std::min<std::size_t>(misalign == 0 ? 0 : 16 - misalign, bytes);
-  copy_forward(dst, src, head);
-  dst += head;
-  src += head;
-  bytes -= head;
-  std::size_t i = 0;
-  // Each 64-byte chunk is loaded whole before it is stored (dst < src: safe when they overlap).
-  for (; i + 64 <= bytes; i += 64) {
-    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
-    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 32));
-    const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 48));
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), a);
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16), b);
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 32), c);
-    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 48), d);
-  }
-  copy_forward(dst + i, src + i, bytes - i);
-#else
-  copy_forward(dst, src, bytes);
-#endif
-}
-
-/// Orders streaming stores before anything that follows (a no-op without them).
-inline void store_fence() noexcept {
-#if defined(__SSE2__)
-  _mm_sfence();
-#endif
-}
-
 /// Hints the cache to load [p, p + bytes) (a no-op where the compiler has no prefetch builtin).
 inline void prefetch(const void* p, index_t bytes) noexcept {
 #if defined(__GNUC__) || defined(__clang__)
@@ -105,7 +63,7 @@ inline void prefetch(const void* p, index_t bytes) noexcept {
 /// one head, splitting at page boundaries; contiguous chunks move with one memmove.
 template <Element T>
 void move_tokens(const KVCache<T>& kv, Tensor which, index_t head, index_t dst, index_t src,
-                 index_t count, index_t width, bool streaming) {
+                 index_t count, index_t width) {
   const Storage<T>& s = which == Tensor::keys ? kv.key_storage() : kv.value_storage();
   const bool contiguous = s.token_stride == width;
   const index_t page = kv.paged() ? kv.page_table().page_size : count;
@@ -115,13 +73,8 @@ void move_tokens(const KVCache<T>& kv, Tensor which, index_t head, index_t dst, 
     T* to = kv.span(which, head, dst).data();
     const T* from = kv.span(which, head, src).data();
     if (contiguous) {
-      const auto bytes = static_cast<std::size_t>(chunk * width) * sizeof(T);
-      if (streaming)
-        copy_forward_streaming(reinterpret_cast<std::byte*>(to),
-                               reinterpret_cast<const std::byte*>(from), bytes);
-      else
-        copy_forward(reinterpret_cast<std::byte*>(to), reinterpret_cast<const std::byte*>(from),
-                     bytes);
+      copy_forward(reinterpret_cast<std::byte*>(to), reinterpret_cast<const std::byte*>(from),
+                   static_cast<std::size_t>(chunk * width) * sizeof(T));
     } else {  // distinct tokens of one head never overlap (validated by the view)
       for (index_t i = 0; i < chunk; ++i)
         std::memcpy(to + i * s.token_stride, from + i * s.token_stride,
@@ -137,7 +90,7 @@ void move_tokens(const KVCache<T>& kv, Tensor which, index_t head, index_t dst, 
 /// together, and the unchanged prefix is not touched.
 template <Element T>
 void move_kept(const KVCache<T>& kv, Tensor which, index_t head, std::span<const token_t> kept,
-               index_t width, bool streaming) {
+               index_t width) {
   const auto n = static_cast<index_t>(kept.size());
   index_t i = 0;
   while (i < n && kept[static_cast<std::size_t>(i)] == i) ++i;
@@ -151,7 +104,7 @@ void move_kept(const KVCache<T>& kv, Tensor which, index_t head, std::span<const
     if (j + 16 < n)
       prefetch(kv.span(which, head, kept[static_cast<std::size_t>(j + 16)]).data(),
                width * static_cast<index_t>(sizeof(T)));
-    move_tokens(kv, which, head, i, kept[static_cast<std::size_t>(i)], j - i, width, streaming);
+    move_tokens(kv, which, head, i, kept[static_cast<std::size_t>(i)], j - i, width);
     i = j;
   }
 }
@@ -242,25 +195,13 @@ void compact(const KVCache<T>& kv, const Selection& sel, Compaction& out,
   const Storage<T>& vs = kv.value_storage();
   const index_t rk = kv.row_elements(Tensor::keys), rv = kv.row_elements(Tensor::values);
   const bool rows = sel.shared() && heads > 1 && ks.head_stride == rk && vs.head_stride == rv;
-  // Streaming stores when the moved bytes exceed what a last-level cache holds (32 MiB): the
-  // result would not stay cached anyway (glibc's memcpy switches to them at a similar size).
-  std::size_t moved = 0;
-  for (index_t h = 0; h < heads; ++h)
-    moved += static_cast<std::size_t>(sel.size(h)) * static_cast<std::size_t>(rk + rv) * sizeof(T);
-  // Rows of whole cache lines only: streaming stores of partial lines cost more than they save
-  // (q8_0's 136-byte rows).
-  const bool whole_lines = (static_cast<std::size_t>(rk) * sizeof(T)) % 64 == 0 &&
-                           (static_cast<std::size_t>(rv) * sizeof(T)) % 64 == 0;
-  const bool streaming = whole_lines && moved >= (std::size_t{32} << 20);
   if (rows) {
-    detail::move_kept(kv, Tensor::keys, 0, sel.kept(0), heads * rk, streaming);
-    detail::move_kept(kv, Tensor::values, 0, sel.kept(0), heads * rv, streaming);
-    detail::store_fence();
+    detail::move_kept(kv, Tensor::keys, 0, sel.kept(0), heads * rk);
+    detail::move_kept(kv, Tensor::values, 0, sel.kept(0), heads * rv);
   } else {
     detail::run_tasks(exec, heads, [&](index_t h, index_t) {
-      detail::move_kept(kv, Tensor::keys, h, sel.kept(h), rk, streaming);
-      detail::move_kept(kv, Tensor::values, h, sel.kept(h), rv, streaming);
-      detail::store_fence();  // each task's stores are complete before it reports done
+      detail::move_kept(kv, Tensor::keys, h, sel.kept(h), rk);
+      detail::move_kept(kv, Tensor::values, h, sel.kept(h), rv);
     });
   }
   if constexpr (has_external_scale<T>)
