@@ -47,6 +47,43 @@ class Tiny : public ::testing::Test {
   static std::string prompt(const std::string& name) {
     return read(std::string(KVEVICT_PROMPTS) + "/" + name);
   }
+  /// The largest |difference| between `got` (the logits of `next` after a compression kept
+  /// `kept`) and those of a reference session (`opts`) that prefilled `tokens`, removed every
+  /// other position one by one with llama_memory_seq_rm, and decoded `next` after the last kept
+  /// position. +inf when the reference cannot be built.
+  static double worst_against_removal(const Session::Options& opts,
+                                      const std::vector<llama_token>& tokens,
+                                      const std::vector<std::int64_t>& kept, llama_token next,
+                                      const std::vector<float>& got) {
+    Session ref(model_, KVEVICT_TINY_MODEL, opts);
+    ref.prefill(tokens);
+    llama_memory_t mem = llama_get_memory(ref.context());
+    const std::set<std::int64_t> keep(kept.begin(), kept.end());
+    for (std::int64_t p = 0; p < static_cast<std::int64_t>(tokens.size()); ++p)
+      if (keep.count(p) == 0 &&
+          !llama_memory_seq_rm(mem, 0, static_cast<llama_pos>(p), static_cast<llama_pos>(p + 1))) {
+        ADD_FAILURE() << "llama_memory_seq_rm refused position " << p;
+        return INFINITY;
+      }
+    llama_batch b = llama_batch_init(1, 0, 1);
+    b.token[0] = next;
+    b.pos[0] = static_cast<llama_pos>(kept.back() + 1);
+    b.n_seq_id[0] = 1;
+    b.seq_id[0][0] = 0;
+    b.logits[0] = 1;
+    b.n_tokens = 1;
+    const int32_t status = llama_decode(ref.context(), b);
+    llama_batch_free(b);
+    if (status != 0) {
+      ADD_FAILURE() << "llama_decode: " << status;
+      return INFINITY;
+    }
+    const float* r = llama_get_logits_ith(ref.context(), -1);
+    double worst = 0;
+    for (std::size_t i = 0; i < got.size(); ++i)
+      worst = std::max(worst, std::abs(static_cast<double>(got[i] - r[i])));
+    return worst;
+  }
   static inline llama_model* model_ = nullptr;
 };
 
@@ -201,31 +238,7 @@ TEST_F(Tiny, EvictionEqualsRemovingExactlyTheEvictedPositions) {
     const llama_token next = 42;
     const auto got = s.step(next);
     const std::vector<float> a(got.begin(), got.end());
-
-    Session ref(model_, KVEVICT_TINY_MODEL, options());
-    ref.prefill(tokens);
-    llama_memory_t mem = llama_get_memory(ref.context());
-    const std::set<std::int64_t> keep(kept.begin(), kept.end());
-    for (std::int64_t p = 0; p < static_cast<std::int64_t>(tokens.size()); ++p) {
-      if (keep.count(p) == 0) {
-        ASSERT_TRUE(
-            llama_memory_seq_rm(mem, 0, static_cast<llama_pos>(p), static_cast<llama_pos>(p + 1)));
-      }
-    }
-    llama_batch b = llama_batch_init(1, 0, 1);
-    b.token[0] = next;
-    b.pos[0] = static_cast<llama_pos>(kept.back() + 1);
-    b.n_seq_id[0] = 1;
-    b.seq_id[0][0] = 0;
-    b.logits[0] = 1;
-    b.n_tokens = 1;
-    ASSERT_EQ(llama_decode(ref.context(), b), 0);
-    llama_batch_free(b);
-    const float* r = llama_get_logits_ith(ref.context(), -1);
-    double worst = 0;
-    for (std::size_t i = 0; i < a.size(); ++i)
-      worst = std::max(worst, std::abs(static_cast<double>(a[i] - r[i])));
-    EXPECT_LE(worst, 1e-4) << name;
+    EXPECT_LE(worst_against_removal(options(), tokens, kept, next, a), 1e-4) << name;
     EXPECT_EQ(llama_memory_seq_pos_max(llama_get_memory(s.context()), 0), kept.back() + 1);
   }
 }
@@ -249,30 +262,7 @@ TEST_F(Tiny, Q8_0CacheCompressesLikeRemovingTheEvictedPositions) {
     const llama_token next = 42;
     const auto got = s.step(next);
     const std::vector<float> a(got.begin(), got.end());
-
-    Session ref(model_, KVEVICT_TINY_MODEL, q8);
-    ref.prefill(tokens);
-    llama_memory_t mem = llama_get_memory(ref.context());
-    const std::set<std::int64_t> keep(kept.begin(), kept.end());
-    for (std::int64_t p = 0; p < static_cast<std::int64_t>(tokens.size()); ++p)
-      if (keep.count(p) == 0) {
-        ASSERT_TRUE(
-            llama_memory_seq_rm(mem, 0, static_cast<llama_pos>(p), static_cast<llama_pos>(p + 1)));
-      }
-    llama_batch b = llama_batch_init(1, 0, 1);
-    b.token[0] = next;
-    b.pos[0] = static_cast<llama_pos>(kept.back() + 1);
-    b.n_seq_id[0] = 1;
-    b.seq_id[0][0] = 0;
-    b.logits[0] = 1;
-    b.n_tokens = 1;
-    ASSERT_EQ(llama_decode(ref.context(), b), 0);
-    llama_batch_free(b);
-    const float* r = llama_get_logits_ith(ref.context(), -1);
-    double worst = 0;
-    for (std::size_t i = 0; i < a.size(); ++i)
-      worst = std::max(worst, std::abs(static_cast<double>(a[i] - r[i])));
-    EXPECT_LE(worst, 1e-4) << name;
+    EXPECT_LE(worst_against_removal(q8, tokens, kept, next, a), 1e-4) << name;
   }
   Session s(model_, KVEVICT_TINY_MODEL, q8);
   try {
