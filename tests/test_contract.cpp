@@ -17,7 +17,8 @@ static_assert(!EvictionPolicy<StreamingLLM, double>);  // not a storage element 
 
 struct NoName {
   template <class T>
-  void select(const KVCache<T>&, const QueryWindow<query_type<T>>&, Budget, Selection&, Workspace&) const {}
+  void select(const KVCache<T>&, const QueryWindow<query_type<T>>&, Budget, Selection&,
+              Workspace&) const {}
 };
 struct NoSelect {
   static constexpr std::string_view name = "no_select";
@@ -25,7 +26,8 @@ struct NoSelect {
 struct MutatingSelect {  // select must be callable on a const policy (shared across threads)
   static constexpr std::string_view name = "mutating";
   template <class T>
-  void select(const KVCache<T>&, const QueryWindow<query_type<T>>&, Budget, Selection&, Workspace&) {}
+  void select(const KVCache<T>&, const QueryWindow<query_type<T>>&, Budget, Selection&,
+              Workspace&) {}
 };
 static_assert(!named_policy<NoName> && selects_from_window<NoName, float>);
 static_assert(named_policy<NoSelect> && !selects_from_window<NoSelect, float>);
