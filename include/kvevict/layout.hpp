@@ -44,7 +44,6 @@ struct Strides {
   index_t page = 0;   ///< elements between page p and p + 1 of the pool (paged only)
 };
 
-///
 /// For a quantized `T` strides count elements of T (a `q8_0` element is a block of 32 values),
 /// while the named constructors take `head_dim` in values, as the `Shape` does: a q8_0 row of
 /// 128 values is 4 blocks, `Storage<q8_0>::nhd(p, 8, 128)` has `head_stride` 4.

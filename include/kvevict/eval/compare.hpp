@@ -146,6 +146,14 @@ inline Row run(const Layer& layer, const AnyPolicy& policy, Budget budget, Mode 
   row.mode = mode;
   std::tie(row.budget, row.budget_x) = budget_label(budget);
   Selection sel;
+  // The metrics of the kept set (`kept` over the layer, seen through `view`: the fp32 layer, or
+  // what a stored cache holds).
+  const auto measure = [&](const Selection& kept, const EvalLayer& view) {
+    row.metrics = evaluate(view, kept);
+    for (index_t h = 0; h < layer.kv_heads; ++h)
+      row.kept += static_cast<double>(kept.size(h)) / static_cast<double>(layer.kv_heads);
+    return row;
+  };
   if (mode == Mode::one_shot) {
     const KVCache<float> kv = layer.cache();
     // Policies with an observation window of their own (SnapKV, CriticalKV) get that many.
@@ -179,6 +187,9 @@ inline Row run(const Layer& layer, const AnyPolicy& policy, Budget budget, Mode 
                              std::chrono::duration<double, std::milli>(clock::now() - t0).count());
     }
     if (format != KVFormat::none) {
+      if (granularity_of(policy) == Granularity::pages)
+        kvevict::detail::fail(
+            "format", "a policy whose unit is not pages (the stored cache is dense)", "pages");
       row.kv_format = std::string(to_string(format));
       return with_format(
           format, layer.keys.data(), layer.values.data(), layer.kv_heads, layer.n, layer.d,
@@ -186,11 +197,6 @@ inline Row run(const Layer& layer, const AnyPolicy& policy, Budget budget, Mode 
             Selection on_stored;
             const auto view = stored.view();
             const auto t0 = clock::now();
-            if (granularity_of(policy) == Granularity::pages)
-              kvevict::detail::fail("format",
-                                    "a policy whose unit is not pages (the stored "
-                                    "cache is dense)",
-                                    "pages");
             select(policy, view, window, budget, on_stored, ws);
             row.time_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
             index_t both = 0, total = 0;
@@ -205,11 +211,7 @@ inline Row run(const Layer& layer, const AnyPolicy& policy, Budget budget, Mode 
             EvalLayer metrics = layer.metrics_view();
             metrics.approx_keys = stored.keys_read.data();
             metrics.approx_values = stored.values_read.data();
-            row.metrics = evaluate(metrics, on_stored);
-            for (index_t h = 0; h < layer.kv_heads; ++h)
-              row.kept +=
-                  static_cast<double>(on_stored.size(h)) / static_cast<double>(layer.kv_heads);
-            return row;
+            return measure(on_stored, metrics);
           });
     }
   } else {
@@ -233,10 +235,7 @@ inline Row run(const Layer& layer, const AnyPolicy& policy, Budget budget, Mode 
       for (std::size_t i = 0; i < head.size(); ++i) out[i] = static_cast<token_t>(head[i]);
     }
   }
-  row.metrics = evaluate(layer.metrics_view(), sel);
-  for (index_t h = 0; h < layer.kv_heads; ++h)
-    row.kept += static_cast<double>(sel.size(h)) / static_cast<double>(layer.kv_heads);
-  return row;
+  return measure(sel, layer.metrics_view());
 }
 
 }  // namespace kvevict::eval

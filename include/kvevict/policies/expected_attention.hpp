@@ -149,7 +149,8 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
     using RowMajor = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     std::vector<double> q(static_cast<std::size_t>(d)), mu(q.size()), mu2(q.size()), k(q.size()),
         y(static_cast<std::size_t>(count * d));
-    std::vector<float> row(static_cast<std::size_t>(d)), vrow;
+    std::vector<float> row(static_cast<std::size_t>(d)),
+        vrow(static_cast<std::size_t>(kv.head_dim_v()));
     const auto keys = ws.take<double>((n - sinks) * d);  // one KV head's keys
     const auto lin = ws.take<double>(n - sinks);
     const auto proj = ws.take<double>(params_.use_covariance ? (n - sinks) * count : 0);
@@ -250,7 +251,6 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
     if (params_.use_vnorm)
       for (index_t h = 0; h < kv.kv_heads(); ++h)
         for (index_t t = sinks; t < n; ++t) {
-          vrow.resize(static_cast<std::size_t>(kv.head_dim_v()));
           kv.read(Tensor::values, h, t, vrow.data());
           double s2 = 0;
           for (const float x : vrow) s2 += static_cast<double>(x) * x;
