@@ -455,14 +455,9 @@ BENCHMARK(BM_Periodic_ExpectedAttention)->Arg(32768)->Unit(benchmark::kMilliseco
 
 // ---- compaction --------------------------------------------------------------------------------
 
-/// Compacts the kept half of an n-token, 8-head, d = 128 fp32 HND cache in place: every head
-/// keeps its own random half (scattered runs, the hard case). Bytes = kept K + V moved.
-void BM_Compact(benchmark::State& state) {
-  const index_t n = state.range(0), heads = 8, d = 128;
-  std::vector<float> k(static_cast<std::size_t>(heads * n * d), 1.0f), v(k.size(), 2.0f);
-  const kvevict::KVCache<float> kv(kvevict::Storage<float>::hnd(k.data(), n, d),
-                                   kvevict::Storage<float>::hnd(v.data(), n, d),
-                                   {.kv_heads = heads, .tokens = n, .head_dim = d});
+/// Every head keeps its own random half of n tokens (seeded): scattered runs of about two tokens,
+/// compaction's hard case.
+kvevict::Selection random_half(index_t heads, index_t n) {
   kvevict::Selection sel;
   sel.reset(heads, n, /*shared=*/false);
   std::mt19937_64 rng(1);
@@ -475,6 +470,18 @@ void BM_Compact(benchmark::State& state) {
     auto kept = sel.add_head(n / 2);
     std::copy(all.begin(), all.begin() + n / 2, kept.begin());
   }
+  return sel;
+}
+
+/// Compacts the kept half of an n-token, 8-head, d = 128 fp32 HND cache in place: every head
+/// keeps its own random half (scattered runs, the hard case). Bytes = kept K + V moved.
+void BM_Compact(benchmark::State& state) {
+  const index_t n = state.range(0), heads = 8, d = 128;
+  std::vector<float> k(static_cast<std::size_t>(heads * n * d), 1.0f), v(k.size(), 2.0f);
+  const kvevict::KVCache<float> kv(kvevict::Storage<float>::hnd(k.data(), n, d),
+                                   kvevict::Storage<float>::hnd(v.data(), n, d),
+                                   {.kv_heads = heads, .tokens = n, .head_dim = d});
+  const kvevict::Selection sel = random_half(heads, n);
   kvevict::Compaction out;
   for (auto _ : state) {
     kvevict::compact(kv, sel, out);
@@ -513,18 +520,7 @@ void BM_Compact_Q8_0(benchmark::State& state) {
   const kvevict::KVCache<kvevict::q8_0> kv(kvevict::Storage<kvevict::q8_0>::hnd(k.data(), n, d),
                                            kvevict::Storage<kvevict::q8_0>::hnd(v.data(), n, d),
                                            {.kv_heads = heads, .tokens = n, .head_dim = d});
-  kvevict::Selection sel;
-  sel.reset(heads, n, /*shared=*/false);
-  std::mt19937_64 rng(1);
-  std::vector<kvevict::token_t> all(static_cast<std::size_t>(n));
-  for (index_t h = 0; h < heads; ++h) {
-    for (index_t i = 0; i < n; ++i)
-      all[static_cast<std::size_t>(i)] = static_cast<kvevict::token_t>(i);
-    std::shuffle(all.begin(), all.end(), rng);
-    std::sort(all.begin(), all.begin() + n / 2);
-    auto kept = sel.add_head(n / 2);
-    std::copy(all.begin(), all.begin() + n / 2, kept.begin());
-  }
+  const kvevict::Selection sel = random_half(heads, n);
   kvevict::Compaction out;
   for (auto _ : state) {
     kvevict::compact(kv, sel, out);

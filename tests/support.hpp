@@ -81,6 +81,15 @@ T element_from(float x) {
   }
 }
 
+/// `count` values from N(0, scale²), seeded.
+inline std::vector<float> normals(std::size_t count, std::uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> out(count);
+  for (float& x : out) x = normal(rng);
+  return out;
+}
+
 /// The element whose raw bits are `b` (inverse of `bits`).
 template <class T, class B>
 T from_bits(B b) {

@@ -132,6 +132,18 @@ class Cli : public ::testing::Test {
   static inline std::vector<float> k_, v_, q_, wo_;
 };
 
+/// The kept lists of every head as the command prints them: "[0, 3, …], [1, …]".
+std::string kept_lists(const Selection& sel) {
+  std::string out;
+  for (index_t h = 0; h < sel.kv_heads(); ++h) {
+    out += h ? ", [" : "[";
+    for (std::size_t i = 0; i < sel.kept(h).size(); ++i)
+      out += (i ? ", " : "") + std::to_string(sel.kept(h)[i]);
+    out += "]";
+  }
+  return out;
+}
+
 TEST_F(Cli, SelectMatchesTheLibrary) {
   const Result r =
       run("select --policy snapkv --set window=4 --set kernel=3 --budget 12 " + inputs());
@@ -143,13 +155,7 @@ TEST_F(Cli, SelectMatchesTheLibrary) {
   Workspace ws;
   SnapKV({.window = 4, .kernel = 3})
       .select(kv, QueryWindow<float>(q_.data(), 4, 8, 8), Budget::tokens(12), sel, ws);
-  std::string kept = "\"kept\": [";
-  for (index_t h = 0; h < 2; ++h) {
-    kept += h ? ", [" : "[";
-    for (std::size_t i = 0; i < sel.kept(h).size(); ++i)
-      kept += (i ? ", " : "") + std::to_string(sel.kept(h)[i]);
-    kept += "]";
-  }
+  const std::string kept = "\"kept\": [" + kept_lists(sel);
   EXPECT_NE(r.out.find(kept + "]"), std::string::npos) << r.out << "\nwant " << kept;
   EXPECT_NE(r.out.find(
                 "\"policy\": \"snapkv\", \"params\": {\"window\": 4, \"kernel\": 3, \"pool\": "
@@ -197,13 +203,8 @@ TEST_F(Cli, SelectsOnAQuantizedCache) {
   Workspace ws;
   SnapKV({.window = 4, .kernel = 3})
       .select(stored.view(), QueryWindow<float>(q_.data(), 4, 8, 8), Budget::tokens(12), sel, ws);
-  std::string kept = "\"kv_format\": \"int8\", \"shared\": false, \"kept\": [";
-  for (index_t h = 0; h < 2; ++h) {
-    kept += h ? ", [" : "[";
-    for (std::size_t i = 0; i < sel.kept(h).size(); ++i)
-      kept += (i ? ", " : "") + std::to_string(sel.kept(h)[i]);
-    kept += "]";
-  }
+  const std::string kept =
+      "\"kv_format\": \"int8\", \"shared\": false, \"kept\": [" + kept_lists(sel);
   EXPECT_NE(r.out.find(kept + "]"), std::string::npos) << r.out << "\nwant " << kept;
   EXPECT_EQ(run("select --policy snapkv --budget 12 --kv-format q8_0 " + inputs()).err,
             "kvevict: --kv-format: expected a format whose block (32 values) divides head_dim "

@@ -17,14 +17,6 @@
 namespace kvevict::test {
 namespace {
 
-std::vector<float> normals(std::size_t count, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal;
-  std::vector<float> out(count);
-  for (float& x : out) x = normal(rng);
-  return out;
-}
-
 struct Layer {
   index_t heads = 4, n = 300, d = 32, q_heads = 8, w = 16;
   std::vector<float> k, v, q, wo;

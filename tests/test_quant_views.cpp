@@ -13,18 +13,12 @@
 #include <vector>
 
 #include "policy_settings.hpp"
+#include "support.hpp"
 
 namespace {
 
 using namespace kvevict;
-
-std::vector<float> normals(std::size_t n, std::uint64_t seed, float scale = 1.0f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> out(n);
-  for (auto& x : out) x = dist(rng);
-  return out;
-}
+using test::normals;
 
 /// A dense HND cache of format T quantized from fp32 `k`, `v` ([h][n][d]) the way an engine
 /// writes it (per-token amax scales for fp8 and int8), with the dequantized fp32 copy.
