@@ -2,7 +2,12 @@
 """Trains the tiny model (model.py) on the Brown corpus with passkey examples mixed in.
 
     /usr/bin/python3 models/tiny/train.py --out build/tiny [--cache DIR] [--threads 2] \
-        [--schedule v9|v10]
+        [--schedule v9|v10] [--extend-last N] [--max-depth D]
+
+The shipped model (run v11) is three invocations of the same --out (see "Run v11" below):
+    train.py --out RUN                                        # v10: 4050 steps
+    train.py --out RUN --extend-last 600                      # to step 4650
+    train.py --out RUN --extend-last 2000 --max-depth 1.0     # v11: to step 6650
 
 One command, CPU, seeded; it checkpoints every --save-every steps into --out and resumes from
 the newest checkpoint there, with the same data as an uninterrupted run (every step's batch is
@@ -39,6 +44,14 @@ over its 800 steps (step 4050). Then `--extend-last 600` continued at lr 1.5e-4 
 for 13 steps before it was stopped; the weights of step 4050 were restored, but its optimizer
 state was kept from step 4060 of that attempt (the cosine now uses the schedule's own
 last-phase length, so `--extend-last` runs at the final rate).
+
+Run v11 (/work/tiny-v11, 2026-12-01, the machine otherwise idle): v10's step-4650 checkpoint
+continued with `--extend-last 2000 --max-depth 1.0` — 2000 more steps at 2048 tokens at the final
+rate 1.5e-4, needles now at every depth of the filler (v10's failures were all at depths
+80–100%, which its max_depth 0.7 never trained). 0.85 s per step, 36 minutes with evaluations.
+passkey@2048 on the 16 validation prompts: 69–88% throughout (81% at the start), answer-digit NLL
+0.45 → 0.30; validation NLL unchanged (4.52–4.54). Full-cache accuracy at 2048 (evaluate.py, 220
+prompts): 84% with failures spread over every depth, against v10's 78% concentrated at 80–100%.
 
 Each sequence is BOS + text. With probability `passkey_share` it is a passkey example: filler
 from the train split, the needle sentence at a uniform random depth, the question, the key, then
@@ -212,12 +225,19 @@ def main():
     ap.add_argument("--extend-last", type=int, default=0,
                     help="more steps for the last phase, at the schedule's final learning rate "
                          "(10%% of peak); resuming a finished run in --out continues it")
+    ap.add_argument("--max-depth", type=float, default=None,
+                    help="deepest needle as a share of the filler (default: the schedule's); "
+                         "run v11 continued v10 with 1.0")
     ap.add_argument("--tokenizer", default=os.path.join(HERE, "tokenizer.model"))
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     global PHASES, LAST_PHASE_STEPS
-    schedule = SCHEDULES[args.schedule]
+    schedule = dict(SCHEDULES[args.schedule])
+    if args.max_depth is not None:
+        if not 0.0 < args.max_depth <= 1.0:
+            ap.error("--max-depth: expected a share in (0, 1]")
+        schedule["max_depth"] = args.max_depth
     LAST_PHASE_STEPS = schedule["phases"][-1][3]
     PHASES = [list(p) for p in schedule["phases"]]
     PHASES[-1][3] += args.extend_last
@@ -237,6 +257,7 @@ def main():
                              {"params": rest, "weight_decay": 0.0}],
                             lr=PEAK_LR, betas=(0.9, 0.95), eps=1e-8)
     step, phase, phase_start = 0, 0, 0
+    record_later = None
     ckpt = os.path.join(args.out, "checkpoint.pt")
     if os.path.exists(ckpt):
         state = torch.load(ckpt)
@@ -247,6 +268,9 @@ def main():
             phase = len(PHASES) - 1
             phase_start = step - LAST_PHASE_STEPS  # where the last phase began
         print(f"resumed at step {step} (phase {phase})", flush=True)
+        if args.extend_last or args.max_depth is not None:
+            record_later = {"event": "continue", "step": step, "extend_last": args.extend_last,
+                            "max_depth": schedule["max_depth"], "threads": args.threads}
     log = open(os.path.join(args.out, "train.log"), "a")
 
     def record(obj):
@@ -267,6 +291,8 @@ def main():
                 "answer_weight": schedule["answer_weight"], "max_depth": schedule["max_depth"],
                 "peak_lr": PEAK_LR, "advance": ADVANCE, "seed": args.seed,
                 "threads": args.threads, "torch": torch.__version__})
+    elif record_later:
+        record(record_later)
     last = len(PHASES) - 1
     while phase <= last:
         T, B, share, most = PHASES[phase]
