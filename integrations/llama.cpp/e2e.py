@@ -14,7 +14,9 @@ attention.csv (+ synthetic.csv), e2e.md (the tables the README shows) and e2e.sv
    depths 0–100% in 10% steps, --keys held-out keys each; ratios 10/20/30/50%; the question
    inside the compressed prompt, and after it (compress the context, then decode the question).
    Every one-shot policy after prefill; the streaming ones over the prompt token by token on
-   --stream-keys keys per cell (token-by-token decoding costs ~1000× a one-shot selection).
+   --stream-keys keys per cell (token-by-token decoding costs ~1000× a one-shot selection), with
+   the question inside only: a stream evicts as every token arrives, so "after compression" is
+   the same run for it.
 2. Perplexity under a cache budget (the StreamingLLM / H2O / Cascade LM setting): test documents
    concatenated (≥ 8K tokens), scored token by token with caches of 128/256/512/1024 under each
    streaming policy (CORM is budget-free: its mean cache is reported), against the full-context
@@ -29,6 +31,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -123,7 +126,8 @@ def main():
     ap.add_argument("--policies", default=None, help="one-shot policies (default: every one)")
     ap.add_argument("--streaming", default=",".join(STREAMING),
                     help="streaming policies for the passkey (over the prompt) and ppl parts")
-    ap.add_argument("--skip", default="", help="parts to skip: passkey,stream,ppl,continuation,attention")
+    ap.add_argument("--skip", default="",
+                    help="parts to skip: passkey,stream,ppl,continuation,shift,timing,attention")
     args = ap.parse_args()
     llama = os.path.join(args.bin, "integrations", "llama.cpp", "kvevict-llama")
     kvevict = os.path.join(args.bin, "tools", "kvevict")
@@ -150,7 +154,7 @@ def main():
             [llama, "passkey", "--model", args.model, "--prompts", prompts, "--keys",
              str(args.stream_keys), "--ratios", RATIOS, "--lengths", args.lengths,
              "--policies", "", "--streaming",
-             ",".join(s for s in streaming if s != "corm"), "--csv",
+             ",".join(s for s in streaming if s != "corm"), "--placements", "inside", "--csv",
              os.path.join(args.out, "passkey_stream.csv")] + th, log)
 
     text = os.path.join(args.out, "test.txt")
@@ -182,6 +186,32 @@ def main():
             [llama, "continuation", "--model", args.model, "--text-file", text, "--windows",
              str(args.windows), "--csv", os.path.join(args.out, "continuation.csv")]
             + one_shot + th, log)
+    if "shift" not in skip:  # the same, with the gaps closed (llama.cpp re-rotates the keys)
+        _, timing["continuation (shifted)"] = run(
+            [llama, "continuation", "--model", args.model, "--text-file", text, "--windows",
+             str(args.windows), "--shift-positions", "--csv",
+             os.path.join(args.out, "continuation_shift.csv")] + one_shot + th, log)
+    if "timing" not in skip:
+        # issue 17: kvevict's time for one compression (score every layer, choose, evict)
+        # against llama.cpp's prefill of the same 2048-token prompt; median of 3 runs each
+        t0 = time.time()
+        names = args.policies.split(",") if args.policies else [
+            line.split()[0] for line in run([kvevict, "list"], log)[0].splitlines()
+            if line and not line[0].isspace()]
+        prompt = os.path.join(prompts, "inside-2048-050-0.txt")
+        with open(os.path.join(args.out, "timing.csv"), "w") as f:
+            f.write("policy,kvevict_ms,prefill_ms\n")
+            for p in names:
+                runs = []
+                for _ in range(3):
+                    out, _ = run([llama, "generate", "--model", args.model, "--prompt-file",
+                                  prompt, "--n-predict", "1", "--policy", p, "--ratio", "0.2"]
+                                 + th, log)
+                    m = re.search(r"kvevict ([0-9.]+) ms .*prefill ([0-9.]+) ms", out)
+                    runs.append((float(m.group(1)), float(m.group(2))))
+                runs.sort()
+                f.write(f"{p},{runs[1][0]},{sorted(r[1] for r in runs)[1]}\n")
+        timing["timing"] = time.time() - t0
     if "attention" not in skip:
         t0 = time.time()
         real = []
@@ -200,6 +230,12 @@ def main():
             for r in rows(f"{d}/eval.csv"):
                 r["layer"] = layers
                 real.append(r)
+            # CriticalKV's claim, per query head with the model's own W_o (claims.md's command)
+            run([kvevict, "eval", "--keys", f"{d}/keys.npy", "--values", f"{d}/values.npy",
+                 "--queries", f"{d}/queries.npy", "--wo", f"{d}/wo.npy", "--policies",
+                 "snapkv,criticalkv", "--set", "snapkv.window=64", "--set", "snapkv.kernel=5",
+                 "--set", "snapkv.pool=avg", "--ratios", "0.1,0.2,0.3", "--per-head",
+                 f"{d}/heads.csv"], log)
             layers += 1
         with open(os.path.join(args.out, "attention.csv"), "w") as f:
             w = csv.DictWriter(f, fieldnames=list(real[0].keys()))
@@ -208,7 +244,15 @@ def main():
         run([kvevict, "eval", "--workload", "default", "--ratios", "0.2", "--csv",
              os.path.join(args.out, "synthetic.csv")] + one_shot, log)
         timing["attention"] = time.time() - t0
-    report(args.out, timing)
+    # parts may run as separate processes into one --out (e.g. the streaming parts on one
+    # core, the rest on the other): their times accumulate in timing.json
+    path = os.path.join(args.out, "timing.json")
+    if timing:
+        done = json.load(open(path)) if os.path.exists(path) else {}
+        done.update(timing)
+        with open(path, "w") as f:
+            json.dump(done, f)
+    report(args.out, json.load(open(path)) if os.path.exists(path) else {})
 
 
 def report(out, timing):
@@ -233,7 +277,7 @@ def report(out, timing):
             md.append("| policy | " + " | ".join(f"{r:.0%}" for r in ratios) + " | prompts |")
             md.append("|---|" + "---:|" * (len(ratios) + 1))
             series = {}
-            for n in names:
+            for n in (n for n in names if any(k[0] == n and k[1] == placement for k in acc)):
                 if n == "full":
                     v = acc.get((n, placement, 1.0), [])
                     if v:
@@ -274,10 +318,14 @@ def report(out, timing):
                     cells.append("–")
             md.append(f"| {p} | " + " | ".join(cells) + " |")
         panels.append(("perplexity under a budget", "cache (tokens)", "perplexity", series, True))
-    path = os.path.join(out, "continuation.csv")
-    if os.path.exists(path):
+    for name, how in (("continuation.csv", "positions kept"),
+                      ("continuation_shift.csv", "positions shifted to close the gaps")):
+        path = os.path.join(out, name)
+        if not os.path.exists(path):
+            continue
         data = rows(path)
-        md.append("\n**Perplexity of the next 256 tokens after compressing a 1792-token prompt**\n")
+        md.append("\n**Perplexity of the next 256 tokens after compressing a 1792-token prompt** "
+                  f"({how})\n")
         ratios = sorted({float(r["ratio"]) for r in data if r["policy"] != "full"})
         md.append("| policy | " + " | ".join(f"{r:.0%}" for r in ratios) + " |")
         md.append("|---|" + "---:|" * len(ratios))
@@ -300,25 +348,53 @@ def report(out, timing):
                 if v:
                     series.setdefault(p, []).append((r * 100, math.exp(v[0] / v[1])))
             md.append(f"| {p} | " + " | ".join(cells) + " |")
-        panels.append(("continuation after compression", "cache kept (%)", "perplexity", series,
-                       False))
+        if name == "continuation.csv":
+            panels.append(("continuation after compression", "cache kept (%)", "perplexity",
+                           series, False))
+    path = os.path.join(out, "timing.csv")
+    if os.path.exists(path):
+        md.append("\n**Time of one compression against llama.cpp's prefill** (2048-token prompt, "
+                  "20% kept; every layer scored, one set chosen, evicted; median of 3)\n")
+        md.append("| policy | kvevict ms | prefill ms | share |")
+        md.append("|---|---:|---:|---:|")
+        for r in rows(path):
+            k, pf = float(r["kvevict_ms"]), float(r["prefill_ms"])
+            md.append(f"| {r['policy']} | {k:.1f} | {pf:.0f} | {100 * k / pf:.1f}% |")
     path = os.path.join(out, "attention.csv")
     if os.path.exists(path):
         real = rows(path)
         syn = {r["policy"]: r for r in rows(os.path.join(out, "synthetic.csv"))}
         layers = sorted({int(r["layer"]) for r in real})
         md.append("\n**Output error at 20% kept: the real model's layers against the synthetic "
-                  "`default` workload** (`kvevict eval`; relative error of the attention output)\n")
+                  "`default` workload** (`kvevict eval`; relative error of the attention output, "
+                  "in brackets the share of the attention the kept tokens hold)\n")
         md.append("| policy | " + " | ".join(f"layer {l}" for l in layers) + " | synthetic |")
         md.append("|---|" + "---:|" * (len(layers) + 1))
         for p in sorted({r["policy"] for r in real}):
             cells = []
             for l in layers:
                 m = [r for r in real if r["policy"] == p and int(r["layer"]) == l]
-                cells.append(f"{float(m[0]['error']):.3f}" if m else "–")
+                cells.append(f"{float(m[0]['error']):.3f} ({float(m[0]['kept_mass']):.2f})"
+                             if m else "–")
             s = syn.get(p)
-            md.append(f"| {p} | " + " | ".join(cells) + f" | {float(s['error']):.3f} |" if s else
-                      f"| {p} | " + " | ".join(cells) + " | – |")
+            cells.append(f"{float(s['error']):.3f} ({float(s['kept_mass']):.2f})" if s else "–")
+            md.append(f"| {p} | " + " | ".join(cells) + " |")
+        wins = {}
+        for l in layers:
+            path = os.path.join(out, "dump", f"layer{l}", "heads.csv")
+            if not os.path.exists(path):
+                continue
+            err = {(r["policy"], r["budget"], r["head"]): float(r["error_wo"]) for r in rows(path)}
+            for (p, b, h), e in err.items():
+                if p == "criticalkv":
+                    w = wins.setdefault(b, [0, 0])
+                    w[0] += int(e < err[("snapkv", b, h)])
+                    w[1] += 1
+        if wins:
+            md.append("\n**CriticalKV against SnapKV per query head on the real layers** (error "
+                      "after the model's own W_o; SnapKV window 64, kernel 5, average pooling): "
+                      + ", ".join(f"{b}: CriticalKV lower in {w[0]}/{w[1]} heads"
+                                  for b, w in sorted(wins.items())) + "\n")
     if timing:
         md.append("\n" + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timing.items()))
     with open(os.path.join(out, "e2e.md"), "a" if False else "w") as f:
