@@ -264,34 +264,46 @@ def report(out, timing):
         extra = os.path.join(out, "passkey_stream.csv")
         if os.path.exists(extra):
             data += [r for r in rows(extra) if r["policy"] != "full"]
-        acc = {}
+        acc, kept, length = {}, {}, {}
         for r in data:
             k = (r["policy"] + (" (stream)" if r["mode"] == "stream" else ""), r["placement"],
                  float(r["ratio"]))
             acc.setdefault(k, []).append(int(r["correct"]))
+            prompt = (r["placement"], r["length"], r["depth"], r["key"])
+            kept.setdefault((k[0], prompt), set()).add(int(r["kept"]))
+            if r["policy"] == "full":
+                length[prompt] = int(r["kept"])
         ratios = sorted({k[2] for k in acc if k[0] != "full"})
         names = sorted({k[0] for k in acc}, key=lambda n: (n != "full", n))
+
+        def label(n):  # a budget-free policy keeps the same tokens at every ratio: say how many
+            sizes = [(v, p) for (m, p), v in kept.items() if m == n]
+            if n == "full" or not sizes or any(len(v) > 1 for v, _ in sizes) or len(ratios) < 2:
+                return "full cache" if n == "full" else n
+            share = sum(next(iter(v)) / length[p] for v, p in sizes if p in length) / len(sizes)
+            return f"{n} (budget-free: kept {share:.0%})"
+
+        def cell(n, placement, r):
+            v = acc.get((n, placement, 1.0 if n == "full" else r), [])
+            return (f"{100 * sum(v) / len(v):.0f}" if v else "–"), len(v)
+
+        md.append("\n**Passkey accuracy** (% of prompts answered exactly; lengths 1024 and 2048, "
+                  "needle depths 0–100%, held-out keys; the question inside the compressed "
+                  "prompt, or after it; columns: share of the prompt kept)\n")
+        md.append("| policy | " + " | ".join(f"inside {r:.0%}" for r in ratios) + " | "
+                  + " | ".join(f"after {r:.0%}" for r in ratios) + " | prompts |")
+        md.append("|---|" + "---:|" * (2 * len(ratios) + 1))
+        for n in names:
+            cells = [cell(n, pl, r) for pl in ("inside", "after") for r in ratios]
+            md.append(f"| {label(n)} | " + " | ".join(c for c, _ in cells)
+                      + f" | {max(c for _, c in cells)} |")
         for placement in ("inside", "after"):
-            md.append(f"\n**Passkey accuracy, question {placement} the compressed prompt** "
-                      "(lengths 1024 and 2048, depths 0–100%; % of prompts answered exactly)\n")
-            md.append("| policy | " + " | ".join(f"{r:.0%}" for r in ratios) + " | prompts |")
-            md.append("|---|" + "---:|" * (len(ratios) + 1))
             series = {}
-            for n in (n for n in names if any(k[0] == n and k[1] == placement for k in acc)):
-                if n == "full":
-                    v = acc.get((n, placement, 1.0), [])
-                    if v:
-                        md.append(f"| full cache | " + " | ".join(
-                            f"{100 * sum(v) / len(v):.0f}" for _ in ratios) + f" | {len(v)} |")
-                    continue
-                cells, count = [], 0
+            for n in names:
                 for r in ratios:
                     v = acc.get((n, placement, r), [])
-                    count = max(count, len(v))
-                    cells.append(f"{100 * sum(v) / len(v):.0f}" if v else "–")
-                    if v:
+                    if v and n != "full":
                         series.setdefault(n, []).append((r * 100, 100 * sum(v) / len(v)))
-                md.append(f"| {n} | " + " | ".join(cells) + f" | {count} |")
             panels.append((f"passkey, question {placement}", "cache kept (%)", "accuracy (%)",
                            series, False))
     path = os.path.join(out, "ppl.csv")
