@@ -53,6 +53,10 @@ passkey@2048 on the 16 validation prompts: 69–88% throughout (81% at the start
 0.45 → 0.30; validation NLL unchanged (4.52–4.54). Full-cache accuracy at 2048 (evaluate.py, 220
 prompts): 84% with failures spread over every depth, against v10's 78% concentrated at 80–100%.
 
+Run v12 (started at the end of stop 28, not shipped): v11's checkpoint continued with
+`--extend-last 3000 --extend-lr 5e-4 --max-depth 1.0` — v11 was still improving slowly at the
+cosine's floor rate, so the same data at a 3.3× higher rate (/work/tiny-v12).
+
 Each sequence is BOS + text. With probability `passkey_share` it is a passkey example: filler
 from the train split, the needle sentence at a uniform random depth, the question, the key, then
 the filler goes on to the end of the sequence; the prompt part is uniform in [T/4, T]. Loss is
@@ -225,6 +229,9 @@ def main():
     ap.add_argument("--extend-last", type=int, default=0,
                     help="more steps for the last phase, at the schedule's final learning rate "
                          "(10%% of peak); resuming a finished run in --out continues it")
+    ap.add_argument("--extend-lr", type=float, default=None,
+                    help="learning rate of the steps --extend-last adds (default: the "
+                         "schedule's final rate, 10%% of peak)")
     ap.add_argument("--max-depth", type=float, default=None,
                     help="deepest needle as a share of the filler (default: the schedule's); "
                          "run v11 continued v10 with 1.0")
@@ -268,9 +275,10 @@ def main():
             phase = len(PHASES) - 1
             phase_start = step - LAST_PHASE_STEPS  # where the last phase began
         print(f"resumed at step {step} (phase {phase})", flush=True)
-        if args.extend_last or args.max_depth is not None:
+        if args.extend_last or args.max_depth is not None or args.extend_lr is not None:
             record_later = {"event": "continue", "step": step, "extend_last": args.extend_last,
-                            "max_depth": schedule["max_depth"], "threads": args.threads}
+                            "extend_lr": args.extend_lr, "max_depth": schedule["max_depth"],
+                            "threads": args.threads}
     log = open(os.path.join(args.out, "train.log"), "a")
 
     def record(obj):
@@ -300,6 +308,8 @@ def main():
         ids, weights = batch(train_tok, args.seed, step, B, T, share, schedule["max_depth"],
                              schedule["answer_weight"])
         lr = lr_at(step, phase_start if phase == last else None)
+        if args.extend_lr is not None and phase == last and step - phase_start >= LAST_PHASE_STEPS:
+            lr = args.extend_lr  # a step --extend-last added
         for g in opt.param_groups:
             g["lr"] = lr
         model.train()
