@@ -63,12 +63,14 @@ struct ExpectedAttentionParams {
 ///
 /// Deviations: the queries come post-RoPE from the engine and are un-rotated here (upstream
 /// recomputes them from hidden states with q_proj); ties keep the more recent token; kept tokens
-/// stay in position order; sums in double.
+/// stay in position order; the statistics, logits and softmax in double, the products of keys
+/// with μ' and the rotated queries in float (one GEMM; upstream runs in the model's dtype).
 ///
-/// - Complexity per query head O(N·d + n·N·d): kᵀΣ'k is evaluated as (1/N) Σ_j ((R̄x_j)·k)²
-///   (x_j the centred pre-RoPE queries), one GEMM over the keys, never as a d × d form per key;
-///   per KV head O(n·d) to read its keys. Scratch from `ws`: kv_heads · n floats (the scores)
-///   plus (n − sinks)·(d + N + 1) doubles.
+/// - Complexity per KV head O(g·N·d + n·g·(N+1)·d): kᵀΣ'k is evaluated as
+///   (1/N) Σ_j ((R̄x_j)·k)² (x_j the centred pre-RoPE queries), so the g query heads' logits
+///   are one float GEMM of the keys (in blocks of 1024) with the d × g·(N+1) matrix of their μ'
+///   and R̄x_j — never a d × d form per key. Scratch from `ws`: kv_heads · n floats (the
+///   scores), g · n doubles, and 1024 · (d + g·(N+1)) + d · g·(N+1) floats.
 class ExpectedAttention : public OneShot<ExpectedAttention> {
  public:
   static constexpr std::string_view name = "expected_attention";
@@ -146,14 +148,8 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
       cbar[static_cast<std::size_t>(i)] = c / static_cast<double>(params_.n_future);
       sbar[static_cast<std::size_t>(i)] = s / static_cast<double>(params_.n_future);
     }
-    using RowMajor = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-    std::vector<double> q(static_cast<std::size_t>(d)), mu(q.size()), mu2(q.size()), k(q.size()),
-        y(static_cast<std::size_t>(count * d));
-    std::vector<float> row(static_cast<std::size_t>(d)),
-        vrow(static_cast<std::size_t>(kv.head_dim_v()));
-    const auto keys = ws.take<double>((n - sinks) * d);  // one KV head's keys
-    const auto lin = ws.take<double>(n - sinks);
-    const auto proj = ws.take<double>(params_.use_covariance ? (n - sinks) * count : 0);
+    std::vector<double> q(static_cast<std::size_t>(d)), mu(q.size()), mu2(q.size()), k(q.size());
+    std::vector<float> vrow(static_cast<std::size_t>(kv.head_dim_v()));
     const auto rotate_pairs = [&](std::vector<double>& x, std::span<const double> c,
                                   std::span<const double> s) {
       for (index_t i = 0; i < half; ++i) {
@@ -165,89 +161,101 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
             s[static_cast<std::size_t>(i)] * xa + c[static_cast<std::size_t>(i)] * xb;
       }
     };
-    std::vector<double> cpos(theta.size()), spos(theta.size());
-    const auto logits = ws.take<float>(n);
-    const auto probs = ws.take<double>(n);
-    for (index_t h = 0; h < q_heads; ++h) {
-      // pre-RoPE statistics of this head's queries after the sinks
-      std::fill(mu.begin(), mu.end(), 0.0);
-      std::vector<double> pre(static_cast<std::size_t>(count * d));
-      for (index_t j = 0; j < count; ++j) {
-        const index_t pos = first + j;
-        const auto qq = queries.query(h, pos - (n - w));
-        for (index_t e = 0; e < d; ++e)
-          q[static_cast<std::size_t>(e)] = to_float(qq[static_cast<std::size_t>(e)]);
-        for (index_t i = 0; i < half; ++i) {  // R(−pos)
-          cpos[static_cast<std::size_t>(i)] =
-              std::cos(static_cast<double>(pos) * theta[static_cast<std::size_t>(i)]);
-          spos[static_cast<std::size_t>(i)] =
-              -std::sin(static_cast<double>(pos) * theta[static_cast<std::size_t>(i)]);
-        }
-        rotate_pairs(q, cpos, spos);
-        for (index_t e = 0; e < d; ++e) {
-          if (!std::isfinite(q[static_cast<std::size_t>(e)]))
-            detail::fail("queries", "finite values", "a non-finite query at head ", h,
-                         ", position ", pos);
-          pre[static_cast<std::size_t>(j * d + e)] = q[static_cast<std::size_t>(e)];
-          mu[static_cast<std::size_t>(e)] +=
-              q[static_cast<std::size_t>(e)] / static_cast<double>(count);
-        }
-      }
-      // μ' = R̄μ. Σ' = R̄ΣR̄ᵀ with Σ = (1/N) Σ_j x_j x_jᵀ (x_j = q_j − μ), so for any key
-      // kᵀΣ'k = (1/N) Σ_j ((R̄x_j)·k)²: one GEMM K·Yᵀ (tokens × N, Y's rows R̄x_j) instead of a
-      // d × d quadratic form per token — the same value, O(n·N·d) instead of O(n·d²).
-      mu2 = mu;
-      rotate_pairs(mu2, cbar, sbar);
-      for (index_t j = 0; j < count; ++j) {
-        for (index_t e = 0; e < d; ++e)
-          k[static_cast<std::size_t>(e)] =
-              pre[static_cast<std::size_t>(j * d + e)] - mu[static_cast<std::size_t>(e)];
-        rotate_pairs(k, cbar, sbar);
-        for (index_t e = 0; e < d; ++e)
-          y[static_cast<std::size_t>(j * d + e)] = k[static_cast<std::size_t>(e)];
-      }
-      // expected logits over the non-sink keys, softmax, added to the group's mean
-      const index_t kvh = h / g, m = n - sinks;
-      if (h % g == 0)  // this KV head's keys as doubles, once for its g query heads
-        for (index_t t = sinks; t < n; ++t) {
-          kv.read(Tensor::keys, kvh, t, row.data());
+    // Per query head of a KV group, the columns of B (d × g·cols, float): μ' = R̄μ, then with
+    // use_covariance the rotated centred queries y_j = R̄(q_j − μ). Σ' = R̄ΣR̄ᵀ with
+    // Σ = (1/N) Σ_j x_j x_jᵀ, so kᵀΣ'k = (1/N) Σ_j (y_j·k)²: the logits of all g heads come from
+    // one GEMM K·B over the group's keys (tokens × g·cols), never from a d × d form per token.
+    const index_t cols = 1 + (params_.use_covariance ? count : 0);
+    const index_t block = std::min<index_t>(1024, n - sinks);
+    const auto bmat = ws.take<float>(d * g * cols);
+    const auto kblock = ws.take<float>(block * d);
+    const auto pblock = ws.take<float>(block * g * cols);
+    const auto quad = ws.take<double>(block);
+    const auto logit = ws.take<double>(g * n);  // the group's expected logits, then exponentials
+    std::vector<double> cpos(theta.size()), spos(theta.size()),
+        pre(static_cast<std::size_t>(count * d));
+    using RowMajorF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    for (index_t kvh = 0; kvh < kv.kv_heads(); ++kvh) {
+      for (index_t hh = 0; hh < g; ++hh) {
+        const index_t h = kvh * g + hh;
+        // pre-RoPE statistics of this head's queries after the sinks
+        std::fill(mu.begin(), mu.end(), 0.0);
+        for (index_t j = 0; j < count; ++j) {
+          const index_t pos = first + j;
+          const auto qq = queries.query(h, pos - (n - w));
           for (index_t e = 0; e < d; ++e)
-            keys[static_cast<std::size_t>((t - sinks) * d + e)] = row[static_cast<std::size_t>(e)];
+            q[static_cast<std::size_t>(e)] = to_float(qq[static_cast<std::size_t>(e)]);
+          for (index_t i = 0; i < half; ++i) {  // R(−pos)
+            cpos[static_cast<std::size_t>(i)] =
+                std::cos(static_cast<double>(pos) * theta[static_cast<std::size_t>(i)]);
+            spos[static_cast<std::size_t>(i)] =
+                -std::sin(static_cast<double>(pos) * theta[static_cast<std::size_t>(i)]);
+          }
+          rotate_pairs(q, cpos, spos);
+          for (index_t e = 0; e < d; ++e) {
+            if (!std::isfinite(q[static_cast<std::size_t>(e)]))
+              detail::fail("queries", "finite values", "a non-finite query at head ", h,
+                           ", position ", pos);
+            pre[static_cast<std::size_t>(j * d + e)] = q[static_cast<std::size_t>(e)];
+            mu[static_cast<std::size_t>(e)] +=
+                q[static_cast<std::size_t>(e)] / static_cast<double>(count);
+          }
         }
-      const Eigen::Map<const RowMajor> K(keys.data(), m, d);
-      const Eigen::Map<const Eigen::VectorXd> M(mu2.data(), d);
-      Eigen::Map<Eigen::VectorXd> L(lin.data(), m);
-      L.noalias() = K * M;
-      if (params_.use_covariance) {
-        const Eigen::Map<const RowMajor> Y(y.data(), count, d);
-        Eigen::Map<RowMajor> P(proj.data(), m, count);
-        P.noalias() = K * Y.transpose();
-      }
-      double max = -INFINITY;
-      for (index_t t = sinks; t < n; ++t) {
-        double quad = 0;
-        if (params_.use_covariance) {
-          const double* row = proj.data() + (t - sinks) * count;
-          for (index_t j = 0; j < count; ++j) quad += row[j] * row[j];
-          quad /= static_cast<double>(count);
+        float* const col = bmat.data() + hh * cols * d;
+        mu2 = mu;
+        rotate_pairs(mu2, cbar, sbar);
+        for (index_t e = 0; e < d; ++e)
+          col[e] = static_cast<float>(mu2[static_cast<std::size_t>(e)]);
+        for (index_t j = 0; j + 1 < cols; ++j) {
+          for (index_t e = 0; e < d; ++e)
+            k[static_cast<std::size_t>(e)] =
+                pre[static_cast<std::size_t>(j * d + e)] - mu[static_cast<std::size_t>(e)];
+          rotate_pairs(k, cbar, sbar);
+          for (index_t e = 0; e < d; ++e)
+            col[(1 + j) * d + e] = static_cast<float>(k[static_cast<std::size_t>(e)]);
         }
-        const double l =
-            lin[static_cast<std::size_t>(t - sinks)] / std::sqrt(static_cast<double>(d)) +
-            quad / (2.0 * static_cast<double>(d));
-        if (!std::isfinite(l))
-          detail::fail("keys", "finite values", "a non-finite key at KV head ", kvh, ", token ", t);
-        probs[static_cast<std::size_t>(t)] = l;
-        max = std::max(max, l);
       }
-      double sum = 0;
-      for (index_t t = sinks; t < n; ++t)
-        sum += probs[static_cast<std::size_t>(t)] =
-            std::exp(probs[static_cast<std::size_t>(t)] - max);
-      for (index_t t = sinks; t < n; ++t)
-        out[static_cast<std::size_t>(kvh * n + t)] +=
-            static_cast<float>(probs[static_cast<std::size_t>(t)] / sum / static_cast<double>(g));
+      // expected logits of the non-sink keys, block by block: one GEMM for the g heads
+      const Eigen::Map<const Eigen::MatrixXf> B(bmat.data(), d, g * cols);
+      for (index_t b0 = sinks; b0 < n; b0 += block) {
+        const index_t len = std::min(block, n - b0);
+        for (index_t t = 0; t < len; ++t) kv.read(Tensor::keys, kvh, b0 + t, kblock.data() + t * d);
+        const Eigen::Map<const RowMajorF> K(kblock.data(), len, d);
+        Eigen::Map<Eigen::MatrixXf> P(pblock.data(), len, g * cols);
+        P.noalias() = K * B;
+        for (index_t hh = 0; hh < g; ++hh) {
+          std::fill(quad.begin(), quad.begin() + len, 0.0);
+          for (index_t j = 1; j < cols; ++j) {
+            const float* pj = pblock.data() + (hh * cols + j) * len;
+            for (index_t t = 0; t < len; ++t)
+              quad[static_cast<std::size_t>(t)] += static_cast<double>(pj[t]) * pj[t];
+          }
+          const float* lin = pblock.data() + hh * cols * len;
+          double* const lg = logit.data() + hh * n + b0;
+          for (index_t t = 0; t < len; ++t) {
+            lg[t] = static_cast<double>(lin[t]) / std::sqrt(static_cast<double>(d)) +
+                    (params_.use_covariance
+                         ? quad[static_cast<std::size_t>(t)] / static_cast<double>(count)
+                         : 0.0) /
+                        (2.0 * static_cast<double>(d));
+            if (!std::isfinite(lg[t]))
+              detail::fail("keys", "finite values", "a non-finite key at KV head ", kvh, ", token ",
+                           b0 + t);
+          }
+        }
+      }
+      // softmax over the non-sink keys per query head, added to the group's mean
+      for (index_t hh = 0; hh < g; ++hh) {
+        double* const lg = logit.data() + hh * n;
+        double max = -INFINITY;
+        for (index_t t = sinks; t < n; ++t) max = std::max(max, lg[t]);
+        double sum = 0;
+        for (index_t t = sinks; t < n; ++t) sum += lg[t] = std::exp(lg[t] - max);
+        for (index_t t = sinks; t < n; ++t)
+          out[static_cast<std::size_t>(kvh * n + t)] +=
+              static_cast<float>(lg[t] / sum / static_cast<double>(g));
+      }
     }
-    (void)logits;
     if (params_.use_vnorm)
       for (index_t h = 0; h < kv.kv_heads(); ++h)
         for (index_t t = sinks; t < n; ++t) {
