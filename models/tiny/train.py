@@ -53,9 +53,15 @@ passkey@2048 on the 16 validation prompts: 69–88% throughout (81% at the start
 0.45 → 0.30; validation NLL unchanged (4.52–4.54). Full-cache accuracy at 2048 (evaluate.py, 220
 prompts): 84% with failures spread over every depth, against v10's 78% concentrated at 80–100%.
 
-Run v12 (started at the end of stop 28, not shipped): v11's checkpoint continued with
-`--extend-last 3000 --extend-lr 5e-4 --max-depth 1.0` — v11 was still improving slowly at the
-cosine's floor rate, so the same data at a 3.3× higher rate (/work/tiny-v12).
+Run v12 (not shipped: worse): v11's checkpoint continued with `--extend-last 3000 --extend-lr
+5e-4 --max-depth 1.0` — v11 was still improving slowly at the cosine's floor rate, so the same
+data at a 3.3× higher rate (/work/tiny-v12). Stopped at step 8132 of 9650 (sharing the machine
+with builds): the 16-prompt passkey@2048 swung between 62% and 88% while the answer NLL fell to
+0.12–0.37, and the validation NLL rose 4.52 → 4.60–4.65. evaluate.py --keys 20 on the step-8120
+checkpoint: perplexity valid 90.0 / test 84.6 (v11 81.5 / 76.3), passkey 90 / 86 / 75% at
+512 / 1024 / 2048 (v11 97 / 92 / 84%). A higher rate on this mix costs language modelling and
+does not buy retrieval; a fresh run with needles at every depth from the first phase is the
+next thing to try.
 
 Each sequence is BOS + text. With probability `passkey_share` it is a passkey example: filler
 from the train split, the needle sentence at a uniform random depth, the question, the key, then
