@@ -219,6 +219,7 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
       const Eigen::Map<const Eigen::MatrixXf> B(bmat.data(), d, g * cols);
       for (index_t b0 = sinks; b0 < n; b0 += block) {
         const index_t len = std::min(block, n - b0);
+        // the block's keys as contiguous float rows (kv.read converts and dequantizes)
         for (index_t t = 0; t < len; ++t) kv.read(Tensor::keys, kvh, b0 + t, kblock.data() + t * d);
         const Eigen::Map<const RowMajorF> K(kblock.data(), len, d);
         Eigen::Map<Eigen::MatrixXf> P(pblock.data(), len, g * cols);
@@ -238,9 +239,9 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
                          ? quad[static_cast<std::size_t>(t)] / static_cast<double>(count)
                          : 0.0) /
                         (2.0 * static_cast<double>(d));
-            if (!std::isfinite(lg[t]))
-              detail::fail("keys", "finite values", "a non-finite key at KV head ", kvh, ", token ",
-                           b0 + t);
+            if (!std::isfinite(lg[t]))  // finite keys and queries (checked): an overflow
+              detail::fail("keys", "finite expected logits", "an overflow to inf at KV head ", kvh,
+                           ", token ", b0 + t, " (finite but huge keys and queries)");
           }
         }
       }
