@@ -83,6 +83,65 @@ TYPED_TEST(Compact, BitExactOnEveryLayout) {
         }
 }
 
+// The forward copy with streaming stores equals memmove for every alignment of the destination,
+// length and overlap (dst < src), including ranges shorter than a line.
+TEST(Compact, StreamingForwardCopyEqualsMemmove) {
+  std::vector<std::uint8_t> init(2048);
+  for (std::size_t i = 0; i < init.size(); ++i) init[i] = static_cast<std::uint8_t>(i * 131 + 7);
+  for (std::size_t dst : {0u, 1u, 16u, 48u, 63u, 64u, 100u})
+    for (std::size_t gap : {1u, 3u, 16u, 64u, 65u, 200u, 512u})
+      for (std::size_t bytes : {0u, 1u, 15u, 63u, 64u, 65u, 127u, 200u, 512u, 700u})
+        for (bool stream : {false, true}) {
+          // a 64-byte aligned block, so that `dst` is the offset from a line
+          alignas(64) std::uint8_t got[2048];
+          std::memcpy(got, init.data(), init.size());
+          std::vector<std::uint8_t> want = init;
+          std::memmove(want.data() + dst, want.data() + dst + gap, bytes);
+          detail::copy_forward(reinterpret_cast<std::byte*>(got + dst),
+                               reinterpret_cast<const std::byte*>(got + dst + gap), bytes, stream);
+          detail::streaming_fence();
+          ASSERT_EQ(0, std::memcmp(got, want.data(), want.size()))
+              << "dst " << dst << " gap " << gap << " bytes " << bytes << " stream " << stream;
+        }
+}
+
+// A compaction large enough for streaming stores (≥ detail::streaming_store_bytes moved), over
+// memory that does not start a cache line: bit-exact, and nothing past each head's new length
+// is written.
+TEST(Compact, LargeCompactionWithStreamingStoresIsBitExact) {
+  const index_t heads = 2, n = 16384, d = 256;
+  const auto per_tensor = static_cast<std::size_t>(heads * n * d);
+  std::vector<float> kmem(per_tensor + 3), vmem(per_tensor + 3);
+  for (std::size_t i = 0; i < kmem.size(); ++i) {
+    kmem[i] = static_cast<float>(i);
+    vmem[i] = -static_cast<float>(i);
+  }
+  const std::vector<float> k0 = kmem, v0 = vmem;
+  const KVCache<float> kv(Storage<float>::hnd(kmem.data() + 3, n, d),
+                          Storage<float>::hnd(vmem.data() + 3, n, d),
+                          {.kv_heads = heads, .tokens = n, .head_dim = d});
+  const Selection sel = random_selection(heads, n, /*shared=*/false, 0.6, 11);
+  std::size_t moved = 0;
+  for (index_t h = 0; h < heads; ++h) moved += static_cast<std::size_t>(sel.size(h) * 2 * d);
+  ASSERT_GE(moved * sizeof(float), detail::streaming_store_bytes);
+
+  compact(kv, sel);
+
+  for (index_t h = 0; h < heads; ++h) {
+    const auto kept = sel.kept(h);
+    const auto base = static_cast<std::size_t>(3 + h * n * d);
+    for (std::size_t i = 0; i < static_cast<std::size_t>(n); ++i) {
+      // kept rows moved to the front; the rest of the head as it was
+      const std::size_t from = i < kept.size() ? static_cast<std::size_t>(kept[i]) : i;
+      for (std::size_t e = 0; e < static_cast<std::size_t>(d); e += 37) {
+        ASSERT_EQ(bits(kmem[base + i * d + e]), bits(k0[base + from * d + e])) << h << " " << i;
+        ASSERT_EQ(bits(vmem[base + i * d + e]), bits(v0[base + from * d + e])) << h << " " << i;
+      }
+    }
+  }
+  EXPECT_EQ(bits(kmem[0]), bits(k0[0]));  // before the view
+}
+
 TEST(Compact, KeepAllIsANoOpBitForBit) {
   for (Layout layout : all_layouts) {
     auto c = make_cache<Eigen::half>(layout, 2, 17, 8, 8, 5);
