@@ -47,6 +47,11 @@ TYPED_TEST(WindowAttentionTest, MatchesTheDoubleReference) {
       {Layout::hnd, 2, 4, 150, 12, 16, 32, WindowReduce::mean, true, true, 5},
       {Layout::paged_hnd, 1, 2, 90, 30, 8, 64, WindowReduce::max, false, true, 7},
       {Layout::nhd, 2, 3, 64, 10, 8, 16, WindowReduce::sum, true, false, 1},
+      // Passes of ≥ 16 rows (AVX-512 builds: the own logits kernel and column sweep), rows not
+      // a multiple of its 32-row tiles, blocks not a multiple of its 8-key tiles.
+      {Layout::nhd, 2, 2, 203, 10, 20, 256, WindowReduce::sum, true, false},
+      {Layout::paged_hnd, 1, 8, 100, 4, 8, 32, WindowReduce::mean, true, true},
+      {Layout::hnd, 1, 5, 61, 7, 40, 13, WindowReduce::mean, false, true, 17},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(::testing::Message()
@@ -126,6 +131,17 @@ TEST(WindowAttention, NamesTheNonFiniteInput) {
   expect_error(
       [&] { window_attention(c.kv(), QueryWindow<float>(q.data(), 2, 2, 4), {}, short_out, ws); },
       "out: expected q_heads * tokens (40) floats, got 5");
+}
+
+// The same check with a pass of 16 rows (the own kernel of AVX-512 builds finds it in its tiles).
+TEST(WindowAttention, NamesTheNonFiniteInputInLargePasses) {
+  auto c = make_cache<float>(Layout::hnd, 2, 45, 4, 4, 3);
+  std::vector<float> q(4 * 8 * 4, 0.5f), out(4 * 45);
+  Workspace ws;
+  c.kv().key(1, 41)[3] = -std::numeric_limits<float>::infinity();
+  expect_error(
+      [&] { window_attention(c.kv(), QueryWindow<float>(q.data(), 4, 8, 4), {}, out, ws); },
+      "keys: expected finite values, got -inf at KV head 1, token 41, element 3");
 }
 
 TEST(WindowAttention, NoAllocationOnceWarm) {
