@@ -63,6 +63,14 @@ checkpoint: perplexity valid 90.0 / test 84.6 (v11 81.5 / 76.3), passkey 90 / 86
 does not buy retrieval; a fresh run with needles at every depth from the first phase is the
 next thing to try.
 
+Run v13 (not shipped: no better): v11's checkpoint continued with `--extend-last 3500
+--max-depth 1.0 --passkey-share 0.8 --threads 1` (new option `--passkey-share`: more of the
+added steps spent on retrieval, at v11's floor rate), stopped at step 7820 (1170 added steps,
+/work/tiny-v13, 2026-12-01, sharing the machine with benchmarks): the 16-prompt passkey@2048
+stayed at 75–88% (87.5% for the last 500 steps), the answer NLL flat at 0.27–0.30, and the
+validation NLL rose 4.52 → 4.57–4.58. evaluate.py --keys 20 on step 7820: perplexity valid 83.5 /
+test 77.5 (v11 81.5 / 76.3), passkey 98 / 94 / 81% at 512 / 1024 / 2048 (v11 97 / 92 / 84%).
+
 Each sequence is BOS + text. With probability `passkey_share` it is a passkey example: filler
 from the train split, the needle sentence at a uniform random depth, the question, the key, then
 the filler goes on to the end of the sequence; the prompt part is uniform in [T/4, T]. Loss is
@@ -238,6 +246,9 @@ def main():
     ap.add_argument("--extend-lr", type=float, default=None,
                     help="learning rate of the steps --extend-last adds (default: the "
                          "schedule's final rate, 10%% of peak)")
+    ap.add_argument("--passkey-share", type=float, default=None,
+                    help="share of passkey sequences in the steps --extend-last adds (default: "
+                         "the last phase's); run v13 used 0.8")
     ap.add_argument("--max-depth", type=float, default=None,
                     help="deepest needle as a share of the filler (default: the schedule's); "
                          "run v11 continued v10 with 1.0")
@@ -250,6 +261,8 @@ def main():
     if args.max_depth is not None:
         if not 0.0 < args.max_depth <= 1.0:
             ap.error("--max-depth: expected a share in (0, 1]")
+    if args.passkey_share is not None and not 0.0 <= args.passkey_share <= 1.0:
+        ap.error("--passkey-share: expected a share in [0, 1]")
         schedule["max_depth"] = args.max_depth
     LAST_PHASE_STEPS = schedule["phases"][-1][3]
     PHASES = [list(p) for p in schedule["phases"]]
@@ -281,10 +294,11 @@ def main():
             phase = len(PHASES) - 1
             phase_start = step - LAST_PHASE_STEPS  # where the last phase began
         print(f"resumed at step {step} (phase {phase})", flush=True)
-        if args.extend_last or args.max_depth is not None or args.extend_lr is not None:
+        if (args.extend_last or args.max_depth is not None or args.extend_lr is not None
+                or args.passkey_share is not None):
             record_later = {"event": "continue", "step": step, "extend_last": args.extend_last,
                             "extend_lr": args.extend_lr, "max_depth": schedule["max_depth"],
-                            "threads": args.threads}
+                            "passkey_share": args.passkey_share, "threads": args.threads}
     log = open(os.path.join(args.out, "train.log"), "a")
 
     def record(obj):
@@ -310,12 +324,15 @@ def main():
     last = len(PHASES) - 1
     while phase <= last:
         T, B, share, most = PHASES[phase]
+        added = phase == last and step - phase_start >= LAST_PHASE_STEPS  # by --extend-last
+        if added and args.passkey_share is not None:
+            share = args.passkey_share
         t0 = time.time()
         ids, weights = batch(train_tok, args.seed, step, B, T, share, schedule["max_depth"],
                              schedule["answer_weight"])
         lr = lr_at(step, phase_start if phase == last else None)
-        if args.extend_lr is not None and phase == last and step - phase_start >= LAST_PHASE_STEPS:
-            lr = args.extend_lr  # a step --extend-last added
+        if added and args.extend_lr is not None:
+            lr = args.extend_lr
         for g in opt.param_groups:
             g["lr"] = lr
         model.train()
