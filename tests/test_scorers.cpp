@@ -258,6 +258,44 @@ TEST(ExpectedAttention, EqualsTheMatrixFormOfTheFormula) {
         << t;
 }
 
+// Non-finite keys and values are found inside the scoring (no whole-cache pass first), and the
+// error is still the one a whole-cache check in (head, token, element) order gives: keys before
+// values, whichever the scoring meets first.
+TEST(ExpectedAttention, NamesTheFirstNonFiniteElementAsAWholeCacheCheck) {
+  Workspace ws;
+  Selection sel;
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
+  {  // a bad value at a scored token and a bad key later: the key is named
+    Layer l(2, 4, 60, 8, 8, 5);
+    l.v[static_cast<std::size_t>((0 * 60 + 10) * 8 + 1)] = nan;
+    l.k[static_cast<std::size_t>((1 * 60 + 50) * 8 + 2)] = -inf;
+    expect_error(
+        [&] { ExpectedAttention().select(l.view(), l.queries(), Budget::tokens(20), sel, ws); },
+        "keys: expected finite values, got -inf at KV head 1, token 50, element 2");
+  }
+  {  // a bad query of head 0 (read before head 1's keys) and a bad key of KV head 1: the key
+    Layer l(2, 4, 60, 8, 8, 7);
+    l.q[static_cast<std::size_t>((0 * 8 + 7) * 8 + 3)] = nan;
+    l.k[static_cast<std::size_t>((1 * 60 + 40) * 8 + 0)] = inf;
+    expect_error(
+        [&] { ExpectedAttention().select(l.view(), l.queries(), Budget::tokens(20), sel, ws); },
+        "keys: expected finite values, got inf at KV head 1, token 40, element 0");
+  }
+  for (const bool vnorm : {true, false}) {  // a bad value alone, at a scored token or a sink
+    for (const index_t t : {index_t{2}, index_t{33}}) {
+      Layer l(2, 4, 60, 8, 8, 6);
+      l.v[static_cast<std::size_t>((1 * 60 + t) * 8 + 7)] = inf;
+      expect_error(
+          [&] {
+            ExpectedAttention({.use_vnorm = vnorm})
+                .select(l.view(), l.queries(), Budget::tokens(20), sel, ws);
+          },
+          "values: expected finite values, got inf at KV head 1, token " + std::to_string(t) +
+              ", element 7");
+    }
+  }
+}
+
 // -- LagKV -----------------------------------------------------------------------------------
 
 std::vector<double> lagkv_reference(const Layer& l, index_t h, index_t sink, index_t lag) {

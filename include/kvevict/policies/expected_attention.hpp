@@ -18,6 +18,7 @@
 #include "../choose.hpp"
 #include "../element.hpp"
 #include "../error.hpp"
+#include "../kernels/attention.hpp"
 #include "../kernels/finite.hpp"
 #include "../kernels/rope.hpp"
 #include "../kv_cache.hpp"
@@ -69,8 +70,9 @@ struct ExpectedAttentionParams {
 /// - Complexity per KV head O(g·N·d + n·g·(N+1)·d): kᵀΣ'k is evaluated as
 ///   (1/N) Σ_j ((R̄x_j)·k)² (x_j the centred pre-RoPE queries), so the g query heads' logits
 ///   are one float GEMM of the keys (in blocks of 1024) with the d × g·(N+1) matrix of their μ'
-///   and R̄x_j — never a d × d form per key. Scratch from `ws`: kv_heads · n floats (the
-///   scores), g · n doubles, and 1024 · (d + g·(N+1)) + d · g·(N+1) floats.
+///   and R̄x_j — never a d × d form per key (on AVX-512 targets `window_attention`'s logits
+///   kernel, elsewhere Eigen's GEMM). Scratch from `ws`: kv_heads · n floats (the scores),
+///   g · n doubles, and 1024 · (d + g·(N+1)) + 2 · d · g·(N+1) floats (+ padding to 32 rows).
 class ExpectedAttention : public OneShot<ExpectedAttention> {
  public:
   static constexpr std::string_view name = "expected_attention";
@@ -122,7 +124,34 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
   Scores score(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries, Granularity,
                Workspace& ws) const {
     check_inputs(kv, queries);
-    detail::require_finite(kv, /*keys=*/true, /*values=*/true);
+    // Keys and values must be finite at every token, as `require_finite` checks them; here
+    // without a pass of its own over the cache (it was 14% of a periodic compression at 32K):
+    // the non-sink keys through their expected logits (a NaN or inf in a key makes them
+    // non-finite), the sinks' keys and values directly, the other values in the ‖v‖ pass (or a
+    // values pass without use_vnorm). Any finding, and any other failure after this point, first
+    // runs the whole-cache check, so the error names the first non-finite element exactly as
+    // the check before the scoring did.
+    detail::require_finite_scales(kv);
+    const auto whole_check = [&] { detail::require_finite(kv, /*keys=*/true, /*values=*/true); };
+    if (!params_.use_vnorm) {
+      try {
+        detail::require_finite(kv, /*keys=*/false, /*values=*/true);
+      } catch (const error&) {
+        whole_check();  // a non-finite key comes first
+        throw;
+      }
+    }
+    {
+      std::vector<float> row(static_cast<std::size_t>(std::max(kv.head_dim(), kv.head_dim_v())));
+      for (index_t h = 0; h < kv.kv_heads(); ++h)
+        for (index_t t = 0; t < std::min(params_.n_sink, kv.tokens()); ++t)
+          for (const Tensor which : {Tensor::keys, Tensor::values}) {
+            kv.read(which, h, t, row.data());
+            const index_t len = which == Tensor::keys ? kv.head_dim() : kv.head_dim_v();
+            for (index_t e = 0; e < len; ++e)
+              if (!std::isfinite(row[static_cast<std::size_t>(e)])) whole_check();
+          }
+    }
     const index_t n = kv.tokens(), d = kv.head_dim(), half = d / 2, w = queries.window();
     const index_t q_heads = queries.q_heads(), g = q_heads / kv.kv_heads(), sinks = params_.n_sink;
     const index_t first = std::max(n - w, sinks);  // first query position in the statistics
@@ -170,6 +199,11 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
     const auto bmat = ws.take<float>(d * g * cols);
     const auto kblock = ws.take<float>(block * d);
     const auto pblock = ws.take<float>(block * g * cols);
+    const index_t ld = (g * cols + 31) / 32 * 32;  // Bᵀ's padded rows for the logits kernel
+    const auto bt = ws.take<float>(detail::has_logits_kernel ? ld * d : 0);
+    // the kernel's row maxima and finiteness checks (unused here: the logits are checked below)
+    const auto pmax = ws.take<float>(detail::has_logits_kernel ? ld : 0);
+    const auto pcheck = ws.take<float>(detail::has_logits_kernel ? ld : 0);
     const auto quad = ws.take<double>(block);
     const auto logit = ws.take<double>(g * n);  // the group's expected logits, then exponentials
     std::vector<double> cpos(theta.size()), spos(theta.size()),
@@ -193,9 +227,11 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
           }
           rotate_pairs(q, cpos, spos);
           for (index_t e = 0; e < d; ++e) {
-            if (!std::isfinite(q[static_cast<std::size_t>(e)]))
+            if (!std::isfinite(q[static_cast<std::size_t>(e)])) {
+              whole_check();
               detail::fail("queries", "finite values", "a non-finite query at head ", h,
                            ", position ", pos);
+            }
             pre[static_cast<std::size_t>(j * d + e)] = q[static_cast<std::size_t>(e)];
             mu[static_cast<std::size_t>(e)] +=
                 q[static_cast<std::size_t>(e)] / static_cast<double>(count);
@@ -215,33 +251,56 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
             col[(1 + j) * d + e] = static_cast<float>(k[static_cast<std::size_t>(e)]);
         }
       }
-      // expected logits of the non-sink keys, block by block: one GEMM for the g heads
+      // expected logits of the non-sink keys, block by block: one GEMM for the g heads — on
+      // AVX-512 targets window_attention's logits kernel (Bᵀ transposed once per group), giving
+      // P token-major (P[t · g·cols + c]); else Eigen's, column-major (P[c · len + t]).
       const Eigen::Map<const Eigen::MatrixXf> B(bmat.data(), d, g * cols);
+      const index_t pr = g * cols;
+      const bool own = detail::has_logits_kernel && pr >= 16;
+      if (own) {
+        std::fill(bt.begin(), bt.end(), 0.0f);
+        std::fill(pmax.begin(), pmax.end(), 0.0f);
+        std::fill(pcheck.begin(), pcheck.end(), 0.0f);
+        for (index_t c = 0; c < pr; ++c)
+          for (index_t e = 0; e < d; ++e) bt[static_cast<std::size_t>(e * ld + c)] = B(e, c);
+      }
+      const index_t t_step = own ? pr : 1, c_step = own ? 1 : block;
       for (index_t b0 = sinks; b0 < n; b0 += block) {
         const index_t len = std::min(block, n - b0);
         // the block's keys as contiguous float rows (kv.read converts and dequantizes)
         for (index_t t = 0; t < len; ++t) kv.read(Tensor::keys, kvh, b0 + t, kblock.data() + t * d);
-        const Eigen::Map<const RowMajorF> K(kblock.data(), len, d);
-        Eigen::Map<Eigen::MatrixXf> P(pblock.data(), len, g * cols);
-        P.noalias() = K * B;
+        if (own) {
+          detail::logits_block(bt.data(), ld, pr, kblock.data(), d, len, d, pblock.data(),
+                               pmax.data(), pcheck.data());
+        } else {
+          const Eigen::Map<const RowMajorF> K(kblock.data(), len, d);
+          Eigen::Map<Eigen::MatrixXf>(pblock.data(), len, pr).noalias() = K * B;
+        }
+        const auto p = [&](index_t t, index_t c) {
+          return pblock[static_cast<std::size_t>(t * t_step + c * c_step)];
+        };
         for (index_t hh = 0; hh < g; ++hh) {
           std::fill(quad.begin(), quad.begin() + len, 0.0);
-          for (index_t j = 1; j < cols; ++j) {
-            const float* pj = pblock.data() + (hh * cols + j) * len;
-            for (index_t t = 0; t < len; ++t)
-              quad[static_cast<std::size_t>(t)] += static_cast<double>(pj[t]) * pj[t];
+          for (index_t t = 0; t < len; ++t) {
+            double acc = 0.0;
+            for (index_t j = 1; j < cols; ++j) {
+              const double x = p(t, hh * cols + j);
+              acc += x * x;
+            }
+            quad[static_cast<std::size_t>(t)] = acc;
           }
-          const float* lin = pblock.data() + hh * cols * len;
           double* const lg = logit.data() + hh * n + b0;
           for (index_t t = 0; t < len; ++t) {
-            lg[t] = static_cast<double>(lin[t]) / std::sqrt(static_cast<double>(d)) +
+            lg[t] = static_cast<double>(p(t, hh * cols)) / std::sqrt(static_cast<double>(d)) +
                     (params_.use_covariance
                          ? quad[static_cast<std::size_t>(t)] / static_cast<double>(count)
                          : 0.0) /
                         (2.0 * static_cast<double>(d));
-            if (!std::isfinite(lg[t]))  // finite keys and queries (checked): an overflow
+            if (!std::isfinite(lg[t])) {  // a non-finite key, else an overflow of finite ones
+              whole_check();
               detail::fail("keys", "finite expected logits", "an overflow to inf at KV head ", kvh,
                            ", token ", b0 + t, " (finite but huge keys and queries)");
+            }
           }
         }
       }
@@ -263,6 +322,7 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
           kv.read(Tensor::values, h, t, vrow.data());
           double s2 = 0;
           for (const float x : vrow) s2 += static_cast<double>(x) * x;
+          if (!std::isfinite(s2)) whole_check();  // a non-finite value (or a key before it)
           float& o = out[static_cast<std::size_t>(h * n + t)];
           o = static_cast<float>((static_cast<double>(o) + params_.epsilon) * std::sqrt(s2));
         }
