@@ -258,6 +258,25 @@ TEST(ExpectedAttention, EqualsTheMatrixFormOfTheFormula) {
         << t;
 }
 
+// Caches longer than one key block (1024) with a partial last block; windows whose g·(N+1)
+// product columns are below and above 16 (Eigen's product, and the own kernel of AVX-512 builds).
+TEST(ExpectedAttention, SeveralKeyBlocksMatchTheFormula) {
+  for (const index_t w : {index_t{6}, index_t{12}}) {
+    Layer l(2, 4, 1500, 8, w, 9);
+    Workspace ws;
+    const Scores s =
+        ExpectedAttention({.n_future = 64}).score(l.view(), l.queries(), Granularity::per_head, ws);
+    for (index_t h = 0; h < 2; ++h) {
+      const auto ref = expected_attention_reference(l, h, 64, 4, 10000.0);
+      for (index_t t = 4; t < l.n; ++t)
+        ASSERT_NEAR(s.values[static_cast<std::size_t>(h * l.n + t)],
+                    ref[static_cast<std::size_t>(t)],
+                    2e-5 * ref[static_cast<std::size_t>(t)] + 1e-7)
+            << "w " << w << " head " << h << " token " << t;
+    }
+  }
+}
+
 // Non-finite keys and values are found inside the scoring (no whole-cache pass first), and the
 // error is still the one a whole-cache check in (head, token, element) order gives: keys before
 // values, whichever the scoring meets first.

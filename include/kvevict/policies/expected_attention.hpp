@@ -277,9 +277,9 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
         for (index_t c = 0; c < pr; ++c)
           for (index_t e = 0; e < d; ++e) bt[static_cast<std::size_t>(e * ld + c)] = B(e, c);
       }
-      const index_t t_step = own ? pr : 1, c_step = own ? 1 : block;
       for (index_t b0 = sinks; b0 < n; b0 += block) {
         const index_t len = std::min(block, n - b0);
+        const index_t t_step = own ? pr : 1, c_step = own ? 1 : len;
         // the block's keys as contiguous float rows (kv.read converts and dequantizes)
         for (index_t t = 0; t < len; ++t) kv.read(Tensor::keys, kvh, b0 + t, kblock.data() + t * d);
         if (own) {
@@ -293,7 +293,6 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
           return pblock[static_cast<std::size_t>(t * t_step + c * c_step)];
         };
         for (index_t hh = 0; hh < g; ++hh) {
-          std::fill(quad.begin(), quad.begin() + len, 0.0);
           for (index_t t = 0; t < len; ++t) {
             // four partial sums: one chain of dependent double adds per token was a quarter of
             // a compression at 32K (the partial sums change only the double's last bits)
