@@ -229,26 +229,29 @@ inline void logits_block(const float*, index_t, index_t, const float*, index_t, 
 #endif
 
 /// fp32 keys [first, first + count) of one head as a `d × count` column-major matrix: mapped in
-/// place when the storage is fp32 and the range is one evenly strided run (not on AVX-512
-/// targets: their logits kernel ran ~4% faster from the contiguous copy in three alternating runs
-/// each, 76–82% vs 74–79% of sgemm, near the noise; the copy's sequential
-/// pass brings the keys into cache ahead of the tiles), otherwise gathered and converted (half,
-/// bf16) or dequantized (quantized formats) into `buffer` (≥ count · d floats).
+/// place when `map_fp32`, the storage is fp32 and the range is one evenly strided run, otherwise
+/// gathered and converted (half, bf16) or dequantized (quantized formats) into `buffer`
+/// (≥ count · d floats). `window_attention` copies fp32 blocks for its own AVX-512 kernel: it ran
+/// ~4% faster from the contiguous copy (three alternating runs each, 76–82% vs 74–79% of sgemm,
+/// near the noise; the copy's sequential pass brings the keys into cache ahead of the tiles).
 template <Element T>
 Eigen::Map<const Eigen::MatrixXf, 0, Eigen::OuterStride<>> key_block(const KVCache<T>& kv,
                                                                      index_t head, index_t first,
-                                                                     index_t count, float* buffer) {
+                                                                     index_t count, float* buffer,
+                                                                     bool map_fp32 = true) {
   const index_t d = kv.head_dim();
-  if constexpr (std::same_as<T, float> && !has_logits_kernel) {
-    const float* data = nullptr;
-    index_t stride = 0;
-    bool single = true;
-    kv.for_each_run(Tensor::keys, head, first, first + count, [&](const TokenRun<T>& run) {
-      if (data != nullptr) single = false;
-      data = run.data;
-      stride = run.stride;
-    });
-    if (single) return {data, d, count, Eigen::OuterStride<>(stride)};
+  if constexpr (std::same_as<T, float>) {
+    if (map_fp32) {
+      const float* data = nullptr;
+      index_t stride = 0;
+      bool single = true;
+      kv.for_each_run(Tensor::keys, head, first, first + count, [&](const TokenRun<T>& run) {
+        if (data != nullptr) single = false;
+        data = run.data;
+        stride = run.stride;
+      });
+      if (single) return {data, d, count, Eigen::OuterStride<>(stride)};
+    }
   }
   if constexpr (QuantizedElement<T>) {  // dequantized once per block, then the same GEMM
     for (index_t t = 0; t < count; ++t) kv.read(Tensor::keys, head, first + t, buffer + t * d);
@@ -345,7 +348,7 @@ void window_attention(const KVCache<T>& kv, const QueryWindow<query_type<T>>& qu
       }
       for (index_t b = 0; b < n_blocks; ++b) {
         const index_t b0 = b * block, count = std::min(block, n - b0);
-        const auto keys = detail::key_block(kv, kvh, b0, count, kbuf);
+        const auto keys = detail::key_block(kv, kvh, b0, count, kbuf, /*map_fp32=*/!own);
         float* const x = exps + b0 * rows;
         // Row maxima, and the finiteness check, while the block is hot in cache (the own kernel:
         // in registers). A NaN or inf in a key or query makes at least one logit non-finite
