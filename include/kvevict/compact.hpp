@@ -166,26 +166,23 @@ void move_kept(const KVCache<T>& kv, Tensor which, index_t head, std::span<const
   index_t i = 0;
   while (i < n && at(i) == i) ++i;
   index_t fetched = i;  // rows of kept[i, fetched) have been prefetched
+  // Rows one after another (not paged, no padding): plain offsets from the head's first row
+  // instead of the view's per-token lookup.
   const Storage<T>& s = which == Tensor::keys ? kv.key_storage() : kv.value_storage();
-  if (!kv.paged() && s.token_stride == width && i < n) {  // one row after another: plain offsets
-    T* base = kv.span(which, head, 0).data();
-    const auto row = [&](index_t t) { return reinterpret_cast<std::byte*>(base + t * width); };
-    while (i < n) {
-      index_t j = i + 1;
-      while (j < n && at(j) == at(j - 1) + 1) ++j;
-      for (const index_t to = std::min(n, j + ahead); fetched < to; ++fetched)
-        prefetch(row(at(fetched)), row_bytes);
-      copy_forward(row(i), row(at(i)), static_cast<std::size_t>((j - i) * row_bytes), stream);
-      i = j;
-    }
-    return;
-  }
+  const bool plain = !kv.paged() && s.token_stride == width && i < n;
+  T* const base = plain ? kv.span(which, head, 0).data() : nullptr;
+  const auto row = [&](index_t t) {
+    return reinterpret_cast<std::byte*>(plain ? base + t * width : kv.span(which, head, t).data());
+  };
   while (i < n) {
     index_t j = i + 1;
     while (j < n && at(j) == at(j - 1) + 1) ++j;
     for (const index_t to = std::min(n, j + ahead); fetched < to; ++fetched)
-      prefetch(kv.span(which, head, at(fetched)).data(), row_bytes);
-    move_tokens(kv, which, head, i, at(i), j - i, width, stream);
+      prefetch(row(at(fetched)), row_bytes);
+    if (plain)
+      copy_forward(row(i), row(at(i)), static_cast<std::size_t>((j - i) * row_bytes), stream);
+    else
+      move_tokens(kv, which, head, i, at(i), j - i, width, stream);
     i = j;
   }
 }
