@@ -70,6 +70,10 @@ added steps spent on retrieval, at v11's floor rate), stopped at step 7820 (1170
 stayed at 75–88% (87.5% for the last 500 steps), the answer NLL flat at 0.27–0.30, and the
 validation NLL rose 4.52 → 4.57–4.58. evaluate.py --keys 20 on step 7820: perplexity valid 83.5 /
 test 77.5 (v11 81.5 / 76.3), passkey 98 / 94 / 81% at 512 / 1024 / 2048 (v11 97 / 92 / 84%).
+Found afterwards: the commit that added --passkey-share also moved the line applying
+--max-depth into the --passkey-share error branch, so v13's added steps had needles at depths
+[0, 0.7] only (its "continue" record in train.log says max_depth 0.7); fixed since. v13 is
+therefore v11 continued on v10's depths with more retrieval, not the run its command line says.
 
 Each sequence is BOS + text. With probability `passkey_share` it is a passkey example: filler
 from the train split, the needle sentence at a uniform random depth, the question, the key, then
@@ -119,6 +123,13 @@ SCHEDULES = {
     "v10": {"phases": [(64, 32, 0.7, 400), (128, 16, 0.8, 1500), (256, 8, 0.7, 1200),
                        (512, 4, 0.6, 800), (1024, 2, 0.5, 600), (2048, 1, 0.5, 800)],
             "answer_weight": 5.0, "max_depth": 0.7},
+    # run v14: one command from scratch with what v11 and v13 taught — needles at every depth
+    # from the first phase (v10's failures were the depths its max_depth 0.7 never trained), a
+    # higher passkey share and twice v10's steps at 1024 (where v10 stalled at 44-62%) at the
+    # peak rate, and a longer last phase at 2048 (v11 still improved at the floor rate).
+    "v14": {"phases": [(64, 32, 0.7, 400), (128, 16, 0.8, 1500), (256, 8, 0.7, 1200),
+                       (512, 4, 0.6, 800), (1024, 2, 0.6, 1200), (2048, 1, 0.6, 1500)],
+            "answer_weight": 5.0, "max_depth": 1.0},
 }
 PHASES = SCHEDULES["v10"]["phases"]  # replaced by --schedule in main()
 LAST_PHASE_STEPS = PHASES[-1][3]  # the cosine's length (not extended by --extend-last)
@@ -261,9 +272,9 @@ def main():
     if args.max_depth is not None:
         if not 0.0 < args.max_depth <= 1.0:
             ap.error("--max-depth: expected a share in (0, 1]")
+        schedule["max_depth"] = args.max_depth
     if args.passkey_share is not None and not 0.0 <= args.passkey_share <= 1.0:
         ap.error("--passkey-share: expected a share in [0, 1]")
-        schedule["max_depth"] = args.max_depth
     LAST_PHASE_STEPS = schedule["phases"][-1][3]
     PHASES = [list(p) for p in schedule["phases"]]
     PHASES[-1][3] += args.extend_last
