@@ -277,6 +277,26 @@ TEST(ExpectedAttention, SeveralKeyBlocksMatchTheFormula) {
   }
 }
 
+// The covariance term folds N centred queries into N − 1 (z_j = x_j + x_N / (√N − 1)); at the
+// edges: one query (no covariance term: x_1 = 0), two (one folded vector), and a window reaching
+// into the sinks (their queries left out of N).
+TEST(ExpectedAttention, FoldedCovarianceMatchesTheFormulaAtFewQueries) {
+  for (const index_t w : {index_t{1}, index_t{2}, index_t{3}, index_t{40}}) {
+    Layer l(2, 8, 40, 8, w, 17);
+    Workspace ws;
+    const Scores s =
+        ExpectedAttention({.n_future = 16}).score(l.view(), l.queries(), Granularity::per_head, ws);
+    for (index_t h = 0; h < 2; ++h) {
+      const auto ref = expected_attention_reference(l, h, 16, 4, 10000.0);
+      for (index_t t = 4; t < l.n; ++t)
+        ASSERT_NEAR(s.values[static_cast<std::size_t>(h * l.n + t)],
+                    ref[static_cast<std::size_t>(t)],
+                    2e-5 * ref[static_cast<std::size_t>(t)] + 1e-7)
+            << "w " << w << " head " << h << " token " << t;
+    }
+  }
+}
+
 // Non-finite keys and values are found inside the scoring (no whole-cache pass first), and the
 // error is still the one a whole-cache check in (head, token, element) order gives: keys before
 // values, whichever the scoring meets first.

@@ -7,6 +7,9 @@
 /// the statistics of the past queries — no attention matrix of the past needed.
 
 #include <Eigen/Core>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -31,15 +34,31 @@
 namespace kvevict {
 
 namespace detail {
-/// Σ x² in double over four partial sums (one chain of dependent adds per value row was a third
-/// of a periodic compression at 32K; the partial sums change only the double's last bits).
+/// Σ x² in double over partial sums (one chain of dependent adds per value row was a third of a
+/// periodic compression at 32K; the partial sums change only the double's last bits). On
+/// AVX-512 targets eight lanes of doubles from converted floats (the compiler kept the scalar
+/// form: it may not reorder a floating-point reduction itself), elsewhere four partial sums.
 inline double squared_norm(std::span<const float> x) noexcept {
-  double acc[4] = {0.0, 0.0, 0.0, 0.0};
   std::size_t i = 0;
+#if defined(__AVX512F__)
+  __m512d acc = _mm512_setzero_pd();
+  for (; i + 8 <= x.size(); i += 8) {
+    const __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(x.data() + i));
+    acc = _mm512_fmadd_pd(v, v, acc);
+  }
+  if (i < x.size()) {
+    const auto m = static_cast<__mmask8>((1u << (x.size() - i)) - 1u);
+    const __m512d v = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, x.data() + i));
+    acc = _mm512_fmadd_pd(v, v, acc);
+  }
+  return _mm512_reduce_add_pd(acc);
+#else
+  double acc[4] = {0.0, 0.0, 0.0, 0.0};
   for (; i + 4 <= x.size(); i += 4)
     for (std::size_t u = 0; u < 4; ++u) acc[u] += static_cast<double>(x[i + u]) * x[i + u];
   for (; i < x.size(); ++i) acc[0] += static_cast<double>(x[i]) * x[i];
   return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+#endif
 }
 }  // namespace detail
 
@@ -80,12 +99,19 @@ struct ExpectedAttentionParams {
 /// stay in position order; the statistics, logits and softmax in double, the products of keys
 /// with μ' and the rotated queries in float (one GEMM; upstream runs in the model's dtype).
 ///
-/// - Complexity per KV head O(g·N·d + n·g·(N+1)·d): kᵀΣ'k is evaluated as
-///   (1/N) Σ_j ((R̄x_j)·k)² (x_j the centred pre-RoPE queries), so the g query heads' logits
-///   are one float GEMM of the keys (in blocks of 1024) with the d × g·(N+1) matrix of their μ'
-///   and R̄x_j — never a d × d form per key (on AVX-512 targets `window_attention`'s logits
-///   kernel, elsewhere Eigen's GEMM). Scratch from `ws`: kv_heads · n floats (the scores),
-///   g · n doubles, and 1024 · (d + g·(N+1)) + 2 · d · g·(N+1) floats (+ padding to 32 rows).
+/// - Complexity per KV head O(g·N·d + n·g·N·d): kᵀΣ'k is evaluated as (1/N) Σ_j ((R̄z_j)·k)²
+///   over N − 1 folded queries z_j, so the g query heads' logits are one float GEMM of the keys
+///   (in blocks of 1024) with the d × g·N matrix of their μ' and R̄z_j — never a d × d form per
+///   key (on AVX-512 targets `window_attention`'s logits kernel, elsewhere Eigen's GEMM). The
+///   fold: the centred queries x_j = q_j − μ sum to zero, so N − 1 vectors carry their whole
+///   second moment, z_j = x_j + x_N / (√N − 1) for j < N (the first N − 1 columns of the
+///   Householder reflection taking 1/√N to e_N): Σ_{j<N} z_j z_jᵀ = Σ_{j≤N} x_j x_jᵀ exactly, as
+///   −2c + (N − 1)c² = 1 for c = 1/(√N − 1). One product column per head fewer — for kvpress's
+///   window of 32 queries and 4 heads per group, 128 product rows instead of 132, which the
+///   kernel's 32-row tiles padded to 160 (a periodic compression at 32K: 179–182 ms before the
+///   fold, 140–150 ms after, alternating runs of the two builds).
+///   Scratch from `ws`: kv_heads · n floats (the scores), g · n doubles, and
+///   1024 · (d + g·N) + 2 · d · g·N floats (+ padding to 32 rows).
 class ExpectedAttention : public OneShot<ExpectedAttention> {
  public:
   static constexpr std::string_view name = "expected_attention";
@@ -204,10 +230,10 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
       }
     };
     // Per query head of a KV group, the columns of B (d × g·cols, float): μ' = R̄μ, then with
-    // use_covariance the rotated centred queries y_j = R̄(q_j − μ). Σ' = R̄ΣR̄ᵀ with
-    // Σ = (1/N) Σ_j x_j x_jᵀ, so kᵀΣ'k = (1/N) Σ_j (y_j·k)²: the logits of all g heads come from
+    // use_covariance the N − 1 rotated folded queries y_j = R̄z_j. Σ' = R̄ΣR̄ᵀ with
+    // Σ = (1/N) Σ_j z_j z_jᵀ, so kᵀΣ'k = (1/N) Σ_j (y_j·k)²: the logits of all g heads come from
     // one GEMM K·B over the group's keys (tokens × g·cols), never from a d × d form per token.
-    const index_t cols = 1 + (params_.use_covariance ? count : 0);
+    const index_t cols = 1 + (params_.use_covariance ? count - 1 : 0);
     const index_t block = std::min<index_t>(1024, n - sinks);
     const auto bmat = ws.take<float>(d * g * cols);
     const auto kblock = ws.take<float>(block * d);
@@ -255,10 +281,14 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
         rotate_pairs(mu2, cbar, sbar);
         for (index_t e = 0; e < d; ++e)
           col[e] = static_cast<float>(mu2[static_cast<std::size_t>(e)]);
+        // z_j = x_j + x_last / (√N − 1), j < N − 1, with x_j = q_j − μ (see the class comment)
+        const double fold = count > 1 ? 1.0 / (std::sqrt(static_cast<double>(count)) - 1.0) : 0.0;
+        const auto centred = [&](index_t j, index_t e) {
+          return pre[static_cast<std::size_t>(j * d + e)] - mu[static_cast<std::size_t>(e)];
+        };
         for (index_t j = 0; j + 1 < cols; ++j) {
           for (index_t e = 0; e < d; ++e)
-            k[static_cast<std::size_t>(e)] =
-                pre[static_cast<std::size_t>(j * d + e)] - mu[static_cast<std::size_t>(e)];
+            k[static_cast<std::size_t>(e)] = centred(j, e) + fold * centred(count - 1, e);
           rotate_pairs(k, cbar, sbar);
           for (index_t e = 0; e < d; ++e)
             col[(1 + j) * d + e] = static_cast<float>(k[static_cast<std::size_t>(e)]);
@@ -293,7 +323,10 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
           return pblock[static_cast<std::size_t>(t * t_step + c * c_step)];
         };
         for (index_t hh = 0; hh < g; ++hh) {
-          for (index_t t = 0; t < len; ++t) {
+          for (index_t t = 0; own && t < len; ++t)  // a token's products lie contiguous
+            quad[static_cast<std::size_t>(t)] = detail::squared_norm(
+                {pblock.data() + t * pr + hh * cols + 1, static_cast<std::size_t>(cols - 1)});
+          for (index_t t = 0; !own && t < len; ++t) {
             // four partial sums: one chain of dependent double adds per token was a quarter of
             // a compression at 32K (the partial sums change only the double's last bits)
             double acc[4] = {0.0, 0.0, 0.0, 0.0};
