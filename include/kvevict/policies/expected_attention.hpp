@@ -51,7 +51,10 @@ inline double squared_norm(std::span<const float> x) noexcept {
     const __m512d v = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, x.data() + i));
     acc = _mm512_fmadd_pd(v, v, acc);
   }
-  return _mm512_reduce_add_pd(acc);
+  // not _mm512_reduce_add_pd: GCC 12's header trips -Werror=uninitialized in it
+  alignas(64) double lane[8];
+  _mm512_store_pd(lane, acc);
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 #else
   double acc[4] = {0.0, 0.0, 0.0, 0.0};
   for (; i + 4 <= x.size(); i += 4)
