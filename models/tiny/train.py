@@ -123,13 +123,17 @@ SCHEDULES = {
     "v10": {"phases": [(64, 32, 0.7, 400), (128, 16, 0.8, 1500), (256, 8, 0.7, 1200),
                        (512, 4, 0.6, 800), (1024, 2, 0.5, 600), (2048, 1, 0.5, 800)],
             "answer_weight": 5.0, "max_depth": 0.7},
-    # run v14: one command from scratch with what v11 and v13 taught — needles at every depth
-    # from the first phase (v10's failures were the depths its max_depth 0.7 never trained), a
-    # higher passkey share and twice v10's steps at 1024 (where v10 stalled at 44-62%) at the
-    # peak rate, and a longer last phase at 2048 (v11 still improved at the floor rate).
+    # run v14: one command from scratch with what v11 taught — v10's phases, but needles at
+    # every depth from the 512-token phase on (v10's failures were the depths 0.7-1.0 it never
+    # trained; below 512 the depth stays at most 0.7, because with needles next to the question
+    # the model learns to copy only from there: run v14a, all phases at 1.0, sat at 31% at 128
+    # tokens for 1000 steps as v9 had), a higher passkey share and twice v10's steps at 1024
+    # (where v10 stalled at 44-62%) at the peak rate, and a longer last phase at 2048 (v11 still
+    # improved at the floor rate). `max_depth` maps a phase's sequence length to its depth.
     "v14": {"phases": [(64, 32, 0.7, 400), (128, 16, 0.8, 1500), (256, 8, 0.7, 1200),
                        (512, 4, 0.6, 800), (1024, 2, 0.6, 1200), (2048, 1, 0.6, 1500)],
-            "answer_weight": 5.0, "max_depth": 1.0},
+            "answer_weight": 5.0,
+            "max_depth": {64: 0.7, 128: 0.7, 256: 0.7, 512: 1.0, 1024: 1.0, 2048: 1.0}},
 }
 PHASES = SCHEDULES["v10"]["phases"]  # replaced by --schedule in main()
 LAST_PHASE_STEPS = PHASES[-1][3]  # the cosine's length (not extended by --extend-last)
@@ -339,7 +343,10 @@ def main():
         if added and args.passkey_share is not None:
             share = args.passkey_share
         t0 = time.time()
-        ids, weights = batch(train_tok, args.seed, step, B, T, share, schedule["max_depth"],
+        depth = schedule["max_depth"]
+        if isinstance(depth, dict):
+            depth = depth[T]
+        ids, weights = batch(train_tok, args.seed, step, B, T, share, depth,
                              schedule["answer_weight"])
         lr = lr_at(step, phase_start if phase == last else None)
         if added and args.extend_lr is not None:
