@@ -258,43 +258,33 @@ TEST(ExpectedAttention, EqualsTheMatrixFormOfTheFormula) {
         << t;
 }
 
-// Caches longer than one key block (1024) with a partial last block; windows whose g·(N+1)
-// product columns are below and above 16 (Eigen's product, and the own kernel of AVX-512 builds).
-TEST(ExpectedAttention, SeveralKeyBlocksMatchTheFormula) {
-  for (const index_t w : {index_t{6}, index_t{12}}) {
-    Layer l(2, 4, 1500, 8, w, 9);
-    Workspace ws;
-    const Scores s =
-        ExpectedAttention({.n_future = 64}).score(l.view(), l.queries(), Granularity::per_head, ws);
-    for (index_t h = 0; h < 2; ++h) {
-      const auto ref = expected_attention_reference(l, h, 64, 4, 10000.0);
-      for (index_t t = 4; t < l.n; ++t)
-        ASSERT_NEAR(s.values[static_cast<std::size_t>(h * l.n + t)],
-                    ref[static_cast<std::size_t>(t)],
-                    2e-5 * ref[static_cast<std::size_t>(t)] + 1e-7)
-            << "w " << w << " head " << h << " token " << t;
-    }
+/// Every non-sink score of every KV head of `l` within fp32 accumulation error of the matrix form.
+void expect_scores_match_formula(Layer l, index_t n_future) {
+  Workspace ws;
+  const Scores s = ExpectedAttention({.n_future = n_future})
+                       .score(l.view(), l.queries(), Granularity::per_head, ws);
+  for (index_t h = 0; h < l.kv; ++h) {
+    const auto ref = expected_attention_reference(l, h, n_future, 4, 10000.0);
+    for (index_t t = 4; t < l.n; ++t)
+      ASSERT_NEAR(s.values[static_cast<std::size_t>(h * l.n + t)], ref[static_cast<std::size_t>(t)],
+                  2e-5 * ref[static_cast<std::size_t>(t)] + 1e-7)
+          << "w " << l.w << " head " << h << " token " << t;
   }
+}
+
+// Caches longer than one key block (1024) with a partial last block; windows whose g·N product
+// columns are below and above 16 (Eigen's product, and the own kernel of AVX-512 builds).
+TEST(ExpectedAttention, SeveralKeyBlocksMatchTheFormula) {
+  for (const index_t w : {index_t{6}, index_t{12}})
+    expect_scores_match_formula(Layer(2, 4, 1500, 8, w, 9), 64);
 }
 
 // The covariance term folds N centred queries into N − 1 (z_j = x_j + x_N / (√N − 1)); at the
 // edges: one query (no covariance term: x_1 = 0), two (one folded vector), and a window reaching
 // into the sinks (their queries left out of N).
 TEST(ExpectedAttention, FoldedCovarianceMatchesTheFormulaAtFewQueries) {
-  for (const index_t w : {index_t{1}, index_t{2}, index_t{3}, index_t{40}}) {
-    Layer l(2, 8, 40, 8, w, 17);
-    Workspace ws;
-    const Scores s =
-        ExpectedAttention({.n_future = 16}).score(l.view(), l.queries(), Granularity::per_head, ws);
-    for (index_t h = 0; h < 2; ++h) {
-      const auto ref = expected_attention_reference(l, h, 16, 4, 10000.0);
-      for (index_t t = 4; t < l.n; ++t)
-        ASSERT_NEAR(s.values[static_cast<std::size_t>(h * l.n + t)],
-                    ref[static_cast<std::size_t>(t)],
-                    2e-5 * ref[static_cast<std::size_t>(t)] + 1e-7)
-            << "w " << w << " head " << h << " token " << t;
-    }
-  }
+  for (const index_t w : {index_t{1}, index_t{2}, index_t{3}, index_t{40}})
+    expect_scores_match_formula(Layer(2, 8, 40, 8, w, 17), 16);
 }
 
 // Non-finite keys and values are found inside the scoring (no whole-cache pass first), and the
