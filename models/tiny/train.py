@@ -75,6 +75,25 @@ Found afterwards: the commit that added --passkey-share also moved the line appl
 [0, 0.7] only (its "continue" record in train.log says max_depth 0.7); fixed since. v13 is
 therefore v11 continued on v10's depths with more retrieval, not the run its command line says.
 
+Run v14a (stopped, not kept): schedule v14 with needles at every depth from the first phase.
+Through phase 0 it matched v10; at 128 tokens it sat at 31% (5 of 16 validation prompts, the
+deepest needles) from step 900 to 1450, the v9 failure again (needles next to the question
+teach copying from there only), so it was stopped and v14 now keeps depths ≤ 0.7 below 512.
+
+Run v14 (`--schedule v14`, one command from scratch, /work/tiny-v14, 2026-12-01): 79.7 minutes
+from start to done on this machine, sharing it with a test build for ~6 of them (0.5 s per step
+below 512 tokens, 0.8-1.4 s at 2048). Its first 2500 steps reproduce v10's log exactly (same
+seed, same phases: the validation NLL of every evaluation is equal to v10's to the 4th decimal),
+so the run is deterministic on this machine. 512 tokens, now with needles at every depth, took
+500 steps to 94% (v10: 150); 1024 tokens ran its full 1200 steps (19-81%); at 2048 the
+16-prompt accuracy rose 31% → 88-94% over the last 500 steps, answer-digit NLL 0.99 → 0.07
+(v11 ended at 0.30). evaluate.py --keys 20 on final.pt (step 5700): perplexity valid 81.7 / test
+76.6 (v11 81.5 / 76.3), passkey 96.8 / 95.0 / 84.1% at 512 / 1024 / 2048 (v11 97 / 92 / 84%), at
+2048 by depth 0-100%: 80 75 100 85 75 85 75 95 85 95 75. So one command in under 2 hours now
+gives what v10 + v11 gave in three and about 3 hours — and the same 84% at 2048: the lower
+validation NLL of the answer did not carry over to the test-filler prompts. The log is
+`train-v14.log.gz`.
+
 Each sequence is BOS + text. With probability `passkey_share` it is a passkey example: filler
 from the train split, the needle sentence at a uniform random depth, the question, the key, then
 the filler goes on to the end of the sequence; the prompt part is uniform in [T/4, T]. Loss is
