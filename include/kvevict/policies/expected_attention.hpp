@@ -246,7 +246,6 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
     // the kernel's row maxima and finiteness checks (unused here: the logits are checked below)
     const auto pmax = ws.take<float>(detail::has_logits_kernel ? ld : 0);
     const auto pcheck = ws.take<float>(detail::has_logits_kernel ? ld : 0);
-    const auto quad = ws.take<double>(block);
     const auto logit = ws.take<double>(g * n);  // the group's expected logits, then exponentials
     std::vector<double> cpos(theta.size()), spos(theta.size()),
         pre(static_cast<std::size_t>(count * d));
@@ -298,8 +297,8 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
         }
       }
       // expected logits of the non-sink keys, block by block: one GEMM for the g heads — on
-      // AVX-512 targets window_attention's logits kernel (Bᵀ transposed once per group), giving
-      // P token-major (P[t · g·cols + c]); else Eigen's, column-major (P[c · len + t]).
+      // AVX-512 targets window_attention's logits kernel (Bᵀ transposed once per group),
+      // else Eigen's; either way P token-major (P[t · g·cols + c]).
       const Eigen::Map<const Eigen::MatrixXf> B(bmat.data(), d, g * cols);
       const index_t pr = g * cols;
       const bool own = detail::has_logits_kernel && pr >= 16;
@@ -312,7 +311,6 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
       }
       for (index_t b0 = sinks; b0 < n; b0 += block) {
         const index_t len = std::min(block, n - b0);
-        const index_t t_step = own ? pr : 1, c_step = own ? 1 : len;
         // the block's keys as contiguous float rows (kv.read converts and dequantizes)
         for (index_t t = 0; t < len; ++t) kv.read(Tensor::keys, kvh, b0 + t, kblock.data() + t * d);
         if (own) {
@@ -320,38 +318,16 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
                                pmax.data(), pcheck.data());
         } else {
           const Eigen::Map<const RowMajorF> K(kblock.data(), len, d);
-          Eigen::Map<Eigen::MatrixXf>(pblock.data(), len, pr).noalias() = K * B;
+          Eigen::Map<RowMajorF>(pblock.data(), len, pr).noalias() = K * B;
         }
-        const auto p = [&](index_t t, index_t c) {
-          return pblock[static_cast<std::size_t>(t * t_step + c * c_step)];
-        };
         for (index_t hh = 0; hh < g; ++hh) {
-          for (index_t t = 0; own && t < len; ++t)  // a token's products lie contiguous
-            quad[static_cast<std::size_t>(t)] = detail::squared_norm(
-                {pblock.data() + t * pr + hh * cols + 1, static_cast<std::size_t>(cols - 1)});
-          for (index_t t = 0; !own && t < len; ++t) {
-            // four partial sums: one chain of dependent double adds per token was a quarter of
-            // a compression at 32K (the partial sums change only the double's last bits)
-            double acc[4] = {0.0, 0.0, 0.0, 0.0};
-            index_t j = 1;
-            for (; j + 4 <= cols; j += 4)
-              for (index_t u = 0; u < 4; ++u) {
-                const double x = p(t, hh * cols + j + u);
-                acc[u] += x * x;
-              }
-            for (; j < cols; ++j) {
-              const double x = p(t, hh * cols + j);
-              acc[0] += x * x;
-            }
-            quad[static_cast<std::size_t>(t)] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-          }
           double* const lg = logit.data() + hh * n + b0;
           for (index_t t = 0; t < len; ++t) {
-            lg[t] = static_cast<double>(p(t, hh * cols)) / std::sqrt(static_cast<double>(d)) +
-                    (params_.use_covariance
-                         ? quad[static_cast<std::size_t>(t)] / static_cast<double>(count)
-                         : 0.0) /
-                        (2.0 * static_cast<double>(d));
+            const float* const prod = pblock.data() + t * pr + hh * cols;  // μ'·k, then y_j·k
+            const double quad =
+                detail::squared_norm({prod + 1, static_cast<std::size_t>(cols - 1)});
+            lg[t] = static_cast<double>(prod[0]) / std::sqrt(static_cast<double>(d)) +
+                    quad / static_cast<double>(count) / (2.0 * static_cast<double>(d));
             if (!std::isfinite(lg[t])) {  // a non-finite key, else an overflow of finite ones
               whole_check();
               detail::fail("keys", "finite expected logits", "an overflow to inf at KV head ", kvh,
