@@ -106,6 +106,31 @@ TEST(Granularity, PagesKeepWholePagesAndTheProtectedOnes) {
       "selection: expected whole pages kept or dropped, got page 0 of head 0 keeps 1 of 4 tokens");
 }
 
+// CORM compares its scores with 1 ("important for some window query"), so across layers it
+// must see them unscaled: a token important in any layer stays. Layer 0 finds token 1 important
+// (1.2), layer 1 token 3 (1.5); r = 1 protects token 5. Normalised (each layer to a sum of 1 over
+// its candidates, as the other rules get them) no score would reach 1 and only token 5 would
+// stay — what the llama.cpp adapter did until this test. Mean or max: the same for CORM.
+TEST(Granularity, LayersKeepCORMsThresholdOnRawScores) {
+  const std::vector<float> a{0.5f, 1.2f, 0.1f, 0.3f, 0.2f, 0.9f},
+      b{0.2f, 0.1f, 0.4f, 1.5f, 0.2f, 0.3f};
+  const Scores layers[2] = {
+      {.values = a, .rows = 1, .tokens = 6, .kv_heads = 1, .kind = ScoreRows::kv_heads},
+      {.values = b, .rows = 1, .tokens = 6, .kv_heads = 1, .kind = ScoreRows::kv_heads}};
+  const CORM corm({.w = 4, .r = 1});
+  Selection sel;
+  Workspace ws;
+  for (const LayerCombine how : {LayerCombine::mean, LayerCombine::max}) {
+    choose(layers, {.budget = Budget::none(), .granularity = Granularity::layers, .combine = how},
+           corm.rule(6), sel, ws);
+    EXPECT_EQ(kept(sel), (std::vector<token_t>{1, 3, 5})) << to_string(how);
+  }
+  // a budget caps it: the protected token and the most important one (1.5 > 1.2)
+  choose(layers, {.budget = Budget::tokens(2), .granularity = Granularity::layers}, corm.rule(6),
+         sel, ws);
+  EXPECT_EQ(kept(sel), (std::vector<token_t>{3, 5}));
+}
+
 // CORM's threshold keeps a different count per head; `equal` fills the others up by their own
 // scores to the largest count (vLLM keeps one length per layer).
 TEST(Granularity, EqualCountsFillHeadsUpToTheLargest) {

@@ -17,6 +17,8 @@
 /// struct MyRule {
 ///   static constexpr bool reads_scores = true;             // false: chooses by position
 ///   static constexpr bool budget_free = false;             // true: accepts Budget::none()
+///   static constexpr bool absolute_scores = false;  // true: compares scores with a fixed
+///                                                   // threshold (optional; see below)
 ///   kvevict::Protected protect(index_t n, index_t budget) const;  // regions it implies
 ///   void check(index_t n, index_t budget, kvevict::Protected p) const;  // its budget errors
 ///   void pick(const kvevict::Row& row, std::span<std::uint8_t> keep, kvevict::Workspace&) const;
@@ -26,6 +28,14 @@
 /// `pick` marks in `keep` (1 = kept; the protected regions are already marked) the row's other
 /// kept tokens. The rules of the library: `TopK` (most policies), `Recent` (StreamingLLM),
 /// `Uniform` (random), and NACL's, CriticalKV's, CORM's and Cascade's in their headers.
+///
+/// `Granularity::layers` normally puts the layers' rows on one scale before combining them:
+/// each layer's candidate scores are shifted to a minimum of 0 and divided by their sum. A rule
+/// that reads a score's value against a fixed threshold (`absolute_scores`: CORM keeps a token
+/// whose score is ≥ 1, "important for some recent query") would never see its threshold
+/// crossed on that scale; for it the layers' raw scores are combined by their maximum — a token
+/// important in any layer is important for the sequence, as CORM's "any query head" within a
+/// layer — and `Choice::combine` does not apply.
 
 #include <algorithm>
 #include <array>
@@ -136,7 +146,8 @@ struct Choice {
   std::optional<AdaptiveBudgets> adaptive = {};  ///< AdaKV; `per_head` choices only
   index_t page_size = 0;                         ///< tokens per page (`pages` only)
   PageScore page_score = PageScore::sum;         ///< a page's score from its tokens' (`pages`)
-  LayerCombine combine = LayerCombine::mean;     ///< layers' normalised scores (`layers`)
+  LayerCombine combine = LayerCombine::mean;     ///< layers' normalised scores (`layers`;
+                                                 ///< not for `absolute_scores` rules)
 };
 
 /// The named requirements of a rule (see the file comment).
@@ -153,6 +164,12 @@ concept ChoiceRule = requires(const R& r, const Row& row, std::span<std::uint8_t
 template <class R>
 constexpr bool budget_free_rule = requires {
   requires R::budget_free;
+};
+
+/// Whether rule R compares scores with a fixed threshold (see the file comment).
+template <class R>
+constexpr bool absolute_scores_rule = requires {
+  requires R::absolute_scores;
 };
 
 namespace detail {
@@ -228,8 +245,17 @@ namespace detail {
 /// Adds layer `scores`' one-row reduction of `channel`, normalised over the candidates
 /// [first, last) to a distribution — shifted by its minimum, divided by its sum (a constant row
 /// becomes uniform) — into `out` by mean (weight 1/L) or max. Protected tokens are left 0.
+/// `raw`: an absolute_scores rule's rows, combined by their maximum as they are (`how` ignored).
 inline void combine_layer(std::span<const float> row, index_t first, index_t last, LayerCombine how,
-                          double weight, bool first_layer, std::span<float> out) {
+                          double weight, bool first_layer, bool raw, std::span<float> out) {
+  if (raw) {
+    for (index_t j = 0; j < static_cast<index_t>(out.size()); ++j) {
+      const float v = j >= first && j < last ? row[static_cast<std::size_t>(j)] : 0.0f;
+      float& o = out[static_cast<std::size_t>(j)];
+      o = first_layer ? v : std::max(o, v);
+    }
+    return;
+  }
   float lo = std::numeric_limits<float>::infinity();
   for (index_t j = first; j < last; ++j) lo = std::min(lo, row[static_cast<std::size_t>(j)]);
   double sum = 0;
@@ -351,7 +377,8 @@ void choose(std::span<const Scores> layers, const Choice& choice, const R& rule,
       for (std::size_t l = 0; l < layers.size(); ++l) {
         Workspace::Frame inner(ws);
         detail::combine_layer(reduce(layers[l], sc), first_c, last_c, choice.combine,
-                              1.0 / static_cast<double>(layers.size()), l == 0, combined);
+                              1.0 / static_cast<double>(layers.size()), l == 0,
+                              absolute_scores_rule<R>, combined);
       }
       (sc ? second : first) = combined;
     }

@@ -117,6 +117,7 @@ class CORM : public OneShot<CORM> {
   struct Rule {
     static constexpr bool reads_scores = true;
     static constexpr bool budget_free = true;
+    static constexpr bool absolute_scores = true;  // ≥ 1 means important: never rescaled
     index_t r, max_tokens;
     Protected protect(index_t n, index_t) const noexcept { return {.recent = std::min(r, n)}; }
     index_t cap(index_t n, index_t budget) const noexcept {
