@@ -7,7 +7,7 @@ class Config:
     vocab: int = 4096
     dim: int = 256
     layers: int = 4
-    heads: int = 8
+    heads: int = 4  # of 64 dimensions (run v15); runs v9-v14 had 8 of 32 (train.py's schedules)
     kv_heads: int = 2
     ffn: int = 768
     context: int = 2048

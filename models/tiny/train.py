@@ -142,7 +142,7 @@ SCHEDULES = {
     # run v9: the retrieval-first curriculum described above
     "v9": {"phases": [(64, 32, 0.7, 750), (128, 16, 0.6, 600), (256, 8, 0.5, 400),
                       (512, 4, 0.5, 300), (1024, 2, 0.5, 250), (2048, 1, 0.5, 400)],
-           "answer_weight": 1.0, "max_depth": 1.0},
+           "answer_weight": 1.0, "max_depth": 1.0, "config": {"heads": 8}},
     # run v10: v9 learned to copy a key only when nothing stood between needle and question, and
     # learned slowly at 128 tokens, where there is always filler to skip. So: a short phase at
     # 64, most steps at 128-256 with more passkeys, needles at depths in [0, 0.7] of the filler
@@ -151,7 +151,7 @@ SCHEDULES = {
     # repeat of the key still trains short-range copying at weight 1).
     "v10": {"phases": [(64, 32, 0.7, 400), (128, 16, 0.8, 1500), (256, 8, 0.7, 1200),
                        (512, 4, 0.6, 800), (1024, 2, 0.5, 600), (2048, 1, 0.5, 800)],
-            "answer_weight": 5.0, "max_depth": 0.7},
+            "answer_weight": 5.0, "max_depth": 0.7, "config": {"heads": 8}},
     # run v14: one command from scratch with what v11 taught — v10's phases, but needles at
     # every depth from the 512-token phase on (v10's failures were the depths 0.7-1.0 it never
     # trained; below 512 the depth stays at most 0.7, because with needles next to the question
@@ -162,7 +162,8 @@ SCHEDULES = {
     "v14": {"phases": [(64, 32, 0.7, 400), (128, 16, 0.8, 1500), (256, 8, 0.7, 1200),
                        (512, 4, 0.6, 800), (1024, 2, 0.6, 1200), (2048, 1, 0.6, 1500)],
             "answer_weight": 5.0,
-            "max_depth": {64: 0.7, 128: 0.7, 256: 0.7, 512: 1.0, 1024: 1.0, 2048: 1.0}},
+            "max_depth": {64: 0.7, 128: 0.7, 256: 0.7, 512: 1.0, 1024: 1.0, 2048: 1.0},
+            "config": {"heads": 8}},
     # run v15: v14's curriculum on a model of the same width with 4 query heads of 64 dimensions
     # (over the same 2 KV heads) instead of 8 of 32. Every curriculum from v11 to v14 ended at
     # 81-84% at 2048 tokens with failures at every depth; finding one needle among 2048 keys
@@ -173,7 +174,7 @@ SCHEDULES = {
                        (512, 4, 0.6, 800), (1024, 2, 0.6, 1200), (2048, 1, 0.6, 1500)],
             "answer_weight": 5.0,
             "max_depth": {64: 0.7, 128: 0.7, 256: 0.7, 512: 1.0, 1024: 1.0, 2048: 1.0},
-            "config": {"heads": 4}},
+            "config": {}},  # config.py's defaults are v15's shape
 }
 PHASES = SCHEDULES["v15"]["phases"]  # replaced by --schedule in main()
 LAST_PHASE_STEPS = PHASES[-1][3]  # the cosine's length (not extended by --extend-last)
