@@ -540,13 +540,18 @@ TEST_F(Trained, PasskeySliceKeepsTheEndToEndOrdering) {
   std::printf(
       "22 prompts, question inside, 20%% kept: full %lld, snapkv %lld, streaming_llm %lld\n",
       static_cast<long long>(full), static_cast<long long>(snap), static_cast<long long>(stream));
-  // The full run (2026-12-01, 220 prompts): full cache 90%, SnapKV 69%, StreamingLLM 18%. This
-  // slice measured 19, 11 and 4 of 22; the bounds leave room for a legitimate numeric change
-  // (another thread count, a ggml update) and none for a broken policy or eviction.
-  EXPECT_GE(full, 16);
-  EXPECT_GE(snap, 8);
-  EXPECT_LE(stream, 7);
-  EXPECT_GE(snap, stream + 4);
+  // The full run (2026-12-02, model run v15, 220 prompts): full cache 98%, SnapKV 98%,
+  // StreamingLLM 20%. This slice measured 22, 22 and 7 of 22. StreamingLLM at 20% keeps the
+  // needle only when it lies in the kept tail (depths of about 70-80% and more); elsewhere its
+  // answers are mostly wrong in a digit or two — the kept tokens' keys and values hold part of
+  // the key, written into them by the prefill's attention — and now and then right (here 1024
+  // tokens at depth 40%). The bounds leave room for a legitimate
+  // numeric change (another thread count, a ggml update) and none for a broken policy or
+  // eviction (evicting nothing answers 22 with every policy, a random choice about 0).
+  EXPECT_GE(full, 19);
+  EXPECT_GE(snap, 16);
+  EXPECT_LE(stream, 10);
+  EXPECT_GE(snap, stream + 8);
 }
 #endif
 
