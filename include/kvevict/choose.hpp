@@ -17,8 +17,8 @@
 /// struct MyRule {
 ///   static constexpr bool reads_scores = true;             // false: chooses by position
 ///   static constexpr bool budget_free = false;             // true: accepts Budget::none()
-///   static constexpr bool absolute_scores = false;  // true: compares scores with a fixed
-///                                                   // threshold (optional; see below)
+///   static constexpr bool absolute_scores = false;         // true: compares scores with a
+///                                                          // fixed threshold (see below)
 ///   kvevict::Protected protect(index_t n, index_t budget) const;  // regions it implies
 ///   void check(index_t n, index_t budget, kvevict::Protected p) const;  // its budget errors
 ///   void pick(const kvevict::Row& row, std::span<std::uint8_t> keep, kvevict::Workspace&) const;
