@@ -34,9 +34,9 @@ reached 19–38% in 600 steps, at 256 6–19% in 400.
 
 Run v10 (`--schedule v10`; /work/tiny-v10 on 2026-12-01, sharing the machine with builds for
 most of the first half): the base of run v11, shipped until v15. Phase ends (greedy passkey
-accuracy at the phase's length on 16 validation prompts; at 2048 on 12): 64 tokens 88% at step 300,
-phase limit 400; 128 tokens 94% at step 1550 (19–44% until step 1200, 81% at 1250); 256 tokens 94% at
-2500; 512 tokens 94% at 2650; 1024 tokens 44–62%, phase limit at 3250; 2048 tokens 6% → 81%
+accuracy at the phase's length on 16 validation prompts; at 2048 on 12): 64 tokens 88% at step
+300, phase limit 400; 128 tokens 94% at step 1550 (19–44% until step 1200, 81% at 1250); 256
+tokens 94% at 2500; 512 tokens 94% at 2650; 1024 tokens 44–62%, phase limit at 3250; 2048 tokens 6% → 81%
 over its 800 steps (step 4050). Then `--extend-last 600` continued at lr 1.5e-4 to step 4650
 (75–81% at 2048). Reproducing exactly: the first continuation restarted the cosine at peak lr
 for 13 steps before it was stopped; the weights of step 4050 were restored, but its optimizer
@@ -170,12 +170,9 @@ SCHEDULES = {
     # needs its logit about ln 2048 = 7.6 above the filler's, and with RoPE (base 10^4) only the
     # slowest-turning pairs of a head compare content alike at any distance: a 64-dimensional
     # head has twice as many of them. Same attention FLOPs, +0.13 M parameters (wk, wv).
-    "v15": {"phases": [(64, 32, 0.7, 400), (128, 16, 0.8, 1500), (256, 8, 0.7, 1200),
-                       (512, 4, 0.6, 800), (1024, 2, 0.6, 1200), (2048, 1, 0.6, 1500)],
-            "answer_weight": 5.0,
-            "max_depth": {64: 0.7, 128: 0.7, 256: 0.7, 512: 1.0, 1024: 1.0, 2048: 1.0},
-            "config": {}},  # config.py's defaults are v15's shape
+    # (Defined below as v14 with config.py's default shape.)
 }
+SCHEDULES["v15"] = {**SCHEDULES["v14"], "config": {}}  # config.py's defaults are v15's shape
 PHASES = SCHEDULES["v15"]["phases"]  # replaced by --schedule in main()
 LAST_PHASE_STEPS = PHASES[-1][3]  # the cosine's length (not extended by --extend-last)
 PEAK_LR, WARMUP, MIN_LR_FRACTION, ADVANCE = 1.5e-3, 50, 0.1, 0.9
