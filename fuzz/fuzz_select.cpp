@@ -171,13 +171,18 @@ void run(FuzzedDataProvider& in) {
 
   index_t page_size = 0, pool_pages = 0, read_only = 0;
   std::vector<std::int32_t> pages;
+  // Now and then (not with fuzzed strides) the storages come from the named constructors, which
+  // take the dimensions again — sometimes one that disagrees with the shape, sometimes the buffer
+  // as a span (1: pointer, 2: span). The memory below is sized for the shape, so a view that
+  // accepted a disagreeing dimension would read past it.
+  const int named = layout == 2 ? 0 : in.ConsumeIntegralInRange(0, 2);
   auto stride = [&](index_t natural) {  // mostly sensible, sometimes anything
-    return in.ConsumeBool() ? natural : in.ConsumeIntegralInRange<index_t>(-4, 700);
+    return named != 0 || in.ConsumeBool() ? natural : in.ConsumeIntegralInRange<index_t>(-4, 700);
   };
   Storage<T> ks{}, vs{};
-  index_t k_reach = 0, v_reach = 0;
+  index_t k_reach = 0, v_reach = 0, cap = 0;
   if (layout <= 2) {  // dense: HND, NHD, or fuzzed strides
-    const index_t cap = tokens + in.ConsumeIntegralInRange<index_t>(0, 4);
+    cap = tokens + in.ConsumeIntegralInRange<index_t>(0, 4);
     if (layout == 0) {
       ks = {nullptr, cap * d, d, 0};
       vs = {nullptr, cap * dv, dv, 0};
@@ -224,6 +229,25 @@ void run(FuzzedDataProvider& in) {
   std::fill(memory.begin(), memory.end(), sentinel);
   ks.data = memory.data();
   vs.data = memory.data() + v_offset;
+  // A named constructor's dimensions: those of the shape, or one of them off (0: none, 1: K's
+  // head_dim, 2: V's head_dim, 3: kv_heads, 4: page size, 5: capacity one short — legitimate
+  // while it still holds the tokens).
+  const int off = named == 0 ? 0 : in.ConsumeIntegralInRange(0, 5);
+  if (named != 0) {
+    const index_t dk_values = d * vpe + (off == 1 ? vpe : 0);
+    const index_t dv_values = dv * vpe + (off == 2 ? vpe : 0);
+    const index_t h = heads + (off == 3 ? 1 : 0), ps = page_size + (off == 4 ? 1 : 0);
+    const index_t c = cap - (off == 5 ? 1 : 0);
+    const auto k_span = std::span<T>(memory);
+    const auto v_span = k_span.subspan(static_cast<std::size_t>(v_offset));
+    auto make = [&](auto buffer, index_t dim) {
+      if (layout == 0) return Storage<T>::hnd(buffer, c, dim);
+      if (layout == 1) return Storage<T>::nhd(buffer, h, dim);
+      return Storage<T>::paged_hnd(buffer, ps, h, dim);  // the natural paged strides above
+    };
+    ks = named == 1 ? make(k_span.data(), dk_values) : make(k_span, dk_values);
+    vs = named == 1 ? make(v_span.data(), dv_values) : make(v_span, dv_values);
+  }
   if (in.ConsumeIntegralInRange(0, 31) == 0) ks.data = nullptr;
 
   std::optional<KVCache<T>> view;
@@ -236,6 +260,12 @@ void run(FuzzedDataProvider& in) {
     check_message(e);
     return;
   }
+  const bool disagrees = off == 1 || off == 2 || (off == 3 && layout != 0) ||
+                         (off == 4 && layout == 3);  // HND takes no kv_heads, dense no page size
+  if (disagrees)
+    broken(
+        "a view refuses a Storage whose head_dim, kv_heads or page size disagrees with its "
+        "shape");
   // fp8 / int8 scales: none, per tensor, per head or per token (dense [h][cap] or following
   // the pages), sometimes overlapping each other, sometimes with a NaN or inf.
   std::vector<float> scale_memory;

@@ -147,16 +147,16 @@ OwnedCache<T> make_cache(Layout layout, index_t heads, index_t tokens, index_t d
       const index_t cap = tokens + 5;
       c.kmem.assign(static_cast<std::size_t>(heads * cap * dim), sentinel);
       c.vmem.assign(static_cast<std::size_t>(heads * cap * dim_v), sentinel);
-      c.view.emplace(Storage<T>::hnd(c.kmem.data(), cap, dim),
-                     Storage<T>::hnd(c.vmem.data(), cap, dim_v), shape);
+      c.view.emplace(Storage<T>::hnd(std::span(c.kmem), cap, dim),
+                     Storage<T>::hnd(std::span(c.vmem), cap, dim_v), shape);
       break;
     }
     case Layout::nhd: {
       const index_t cap = tokens + 3;
       c.kmem.assign(static_cast<std::size_t>(cap * heads * dim), sentinel);
       c.vmem.assign(static_cast<std::size_t>(cap * heads * dim_v), sentinel);
-      c.view.emplace(Storage<T>::nhd(c.kmem.data(), heads, dim),
-                     Storage<T>::nhd(c.vmem.data(), heads, dim_v), shape);
+      c.view.emplace(Storage<T>::nhd(std::span(c.kmem), heads, dim),
+                     Storage<T>::nhd(std::span(c.vmem), heads, dim_v), shape);
       break;
     }
     case Layout::padded: {  // token rows padded by 3, heads padded by 7 (a slice of a bigger
@@ -164,8 +164,9 @@ OwnedCache<T> make_cache(Layout layout, index_t heads, index_t tokens, index_t d
       const index_t ts_k = heads * dim + 3, ts_v = heads * dim_v + 3;
       c.kmem.assign(static_cast<std::size_t>(tokens * ts_k + 7), sentinel);
       c.vmem.assign(static_cast<std::size_t>(tokens * ts_v + 7), sentinel);
-      c.view.emplace(Storage<T>::strided(c.kmem.data() + 7, {.head = dim, .token = ts_k}),
-                     Storage<T>::strided(c.vmem.data() + 7, {.head = dim_v, .token = ts_v}), shape);
+      c.view.emplace(
+          Storage<T>::strided(std::span(c.kmem).subspan(7), {.head = dim, .token = ts_k}),
+          Storage<T>::strided(std::span(c.vmem).subspan(7), {.head = dim_v, .token = ts_v}), shape);
       break;
     }
     case Layout::paged_hnd:
@@ -177,11 +178,11 @@ OwnedCache<T> make_cache(Layout layout, index_t heads, index_t tokens, index_t d
       c.vmem.assign(static_cast<std::size_t>(pool * page * heads * dim_v), sentinel);
       const PageTable table{c.pages, page, pool, 0};
       if (layout == Layout::paged_hnd)
-        c.view.emplace(Storage<T>::paged_hnd(c.kmem.data(), page, heads, dim),
-                       Storage<T>::paged_hnd(c.vmem.data(), page, heads, dim_v), shape, table);
+        c.view.emplace(Storage<T>::paged_hnd(std::span(c.kmem), page, heads, dim),
+                       Storage<T>::paged_hnd(std::span(c.vmem), page, heads, dim_v), shape, table);
       else
-        c.view.emplace(Storage<T>::paged_nhd(c.kmem.data(), page, heads, dim),
-                       Storage<T>::paged_nhd(c.vmem.data(), page, heads, dim_v), shape, table);
+        c.view.emplace(Storage<T>::paged_nhd(std::span(c.kmem), page, heads, dim),
+                       Storage<T>::paged_nhd(std::span(c.vmem), page, heads, dim_v), shape, table);
       break;
     }
     case Layout::vllm_blocks: {  // (blocks, 2, page, h, d): requires dim_v == dim
@@ -189,11 +190,11 @@ OwnedCache<T> make_cache(Layout layout, index_t heads, index_t tokens, index_t d
       const index_t block = page * heads * dim;
       c.kmem.assign(static_cast<std::size_t>(pool * 2 * block), sentinel);
       const PageTable table{c.pages, page, pool, 0};
-      c.view.emplace(
-          Storage<T>::paged(c.kmem.data(), {.head = dim, .token = heads * dim, .page = 2 * block}),
-          Storage<T>::paged(c.kmem.data() + block,
-                            {.head = dim, .token = heads * dim, .page = 2 * block}),
-          shape, table);
+      c.view.emplace(Storage<T>::paged(std::span(c.kmem),
+                                       {.head = dim, .token = heads * dim, .page = 2 * block}),
+                     Storage<T>::paged(std::span(c.kmem).subspan(static_cast<std::size_t>(block)),
+                                       {.head = dim, .token = heads * dim, .page = 2 * block}),
+                     shape, table);
       break;
     }
     case Layout::cells: {  // llama.cpp: cells [kv_size][h][d], the sequence scattered among them
@@ -203,8 +204,8 @@ OwnedCache<T> make_cache(Layout layout, index_t heads, index_t tokens, index_t d
       c.vmem.assign(static_cast<std::size_t>(kv_size * heads * dim_v), sentinel);
       const PageTable table{c.pages, 1, kv_size, 0};
       c.view.emplace(
-          Storage<T>::paged(c.kmem.data(), {.head = dim, .token = 0, .page = heads * dim}),
-          Storage<T>::paged(c.vmem.data(), {.head = dim_v, .token = 0, .page = heads * dim_v}),
+          Storage<T>::paged(std::span(c.kmem), {.head = dim, .token = 0, .page = heads * dim}),
+          Storage<T>::paged(std::span(c.vmem), {.head = dim_v, .token = 0, .page = heads * dim_v}),
           shape, table);
       break;
     }

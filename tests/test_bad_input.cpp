@@ -119,6 +119,136 @@ TEST(BadInput, ViewShapesStridesAndPageTables) {
   for (const auto& [argument, fn] : cases) expect_names(fn, argument, argument);
 }
 
+// Issue 33: head_dim (and kv_heads, page_size, capacity) is given to the Storage and to the
+// Shape; a disagreement made the view address memory the engine never allocated (an ASan
+// heap-buffer-overflow in release builds' "no error"). Each is now an error naming the dimension,
+// for K and for V, for every named constructor; with a span the view also checks the buffer size.
+TEST(BadInput, StorageDimensionsMustAgreeWithTheShape) {
+  using S = Storage<float>;
+  constexpr index_t heads = 2, page = 4, pool = 3, small = 32, large = 64, tokens = 12;
+  // Every buffer is allocated for head_dim 32 (`small`), exactly: under ASan any read past it is
+  // a heap-buffer-overflow, so these cases would fail the sanitizer build if a view were made.
+  std::vector<float> k(static_cast<std::size_t>(pool * page * heads * small), 0.5f);
+  std::vector<float> v(k.size(), 0.25f);
+  const std::vector<std::int32_t> table{2, 0, 1};
+  const PageTable pages{table, page, pool, 0};
+  const Shape shape{heads, tokens, small};
+  const std::pair<std::string, std::function<KVCache<float>()>> cases[] = {
+      // the issue's case: K Storage made for d = 64 over a pool of d = 32, in both orders
+      {"head_dim",
+       [&] {
+         return KVCache<float>(S::paged_nhd(k.data(), page, heads, large),
+                               S::paged_nhd(v.data(), page, heads, small), shape, pages);
+       }},
+      {"head_dim_v",
+       [&] {
+         return KVCache<float>(S::paged_nhd(k.data(), page, heads, small),
+                               S::paged_nhd(v.data(), page, heads, large), shape, pages);
+       }},
+      {"head_dim",
+       [&] {
+         return KVCache<float>(S::paged_hnd(k.data(), page, heads, large),
+                               S::paged_hnd(v.data(), page, heads, small), shape, pages);
+       }},
+      {"head_dim",
+       [&] {  // the shape is the one that is wrong
+         return KVCache<float>(S::paged_hnd(k.data(), page, heads, small),
+                               S::paged_hnd(v.data(), page, heads, small),
+                               {heads, tokens, large, small}, pages);
+       }},
+      {"head_dim",
+       [&] {
+         return KVCache<float>(S::nhd(k.data(), heads, large), S::nhd(v.data(), heads, small),
+                               shape);
+       }},
+      {"head_dim_v",
+       [&] {
+         return KVCache<float>(S::hnd(k.data(), 12, small), S::hnd(v.data(), 12, large), shape);
+       }},
+      // kv_heads, page_size and capacity, also given twice
+      {"kv_heads",
+       [&] {
+         return KVCache<float>(S::nhd(k.data(), heads + 1, small),
+                               S::nhd(v.data(), heads + 1, small), shape);
+       }},
+      {"kv_heads",
+       [&] {
+         return KVCache<float>(S::paged_nhd(k.data(), page, heads, small),
+                               S::paged_nhd(v.data(), page, heads, small), {1, tokens, small},
+                               pages);
+       }},
+      {"pages.page_size",
+       [&] {
+         return KVCache<float>(S::paged_hnd(k.data(), page, heads, small),
+                               S::paged_hnd(v.data(), page, heads, small), {heads, 6, small},
+                               PageTable{table, 2, pool, 0});
+       }},
+      {"tokens",
+       [&] {
+         return KVCache<float>(S::hnd(k.data(), 10, small), S::hnd(v.data(), 10, small), shape);
+       }},
+      {"keys",
+       [&] {  // a paged layout without a page table
+         return KVCache<float>(S::paged_nhd(k.data(), page, heads, small),
+                               S::nhd(v.data(), heads, small), shape);
+       }},
+      // with the buffer's size: strides that reach past it (a pool of 4 pages for 3, a capacity
+      // of 13 for 12, strides of d = 64)
+      {"keys",
+       [&] {
+         return KVCache<float>(S::paged_nhd(std::span(k), page, heads, small),
+                               S::paged_nhd(std::span(v), page, heads, small), shape,
+                               PageTable{table, page, pool + 1, 0});
+       }},
+      {"values",
+       [&] {
+         return KVCache<float>(S::hnd(std::span(k), 12, small), S::hnd(std::span(v), 13, small),
+                               shape);
+       }},
+      {"keys",
+       [&] {
+         return KVCache<float>(S::strided(std::span(k), {.head = large, .token = 2 * large}),
+                               S::strided(std::span(v), {.head = small, .token = 2 * small}),
+                               shape);
+       }},
+      {"values",
+       [&] {
+         return KVCache<float>(
+             S::paged(std::span(k),
+                      {.head = small, .token = heads * small, .page = page * heads * small}),
+             S::paged(std::span(v),
+                      {.head = large, .token = heads * large, .page = page * heads * large}),
+             shape, pages);
+       }},
+  };
+  const SnapKV snap({.window = 4});
+  std::vector<float> q(static_cast<std::size_t>(4 * 4 * small), 0.125f);
+  for (const auto& [argument, make] : cases) {
+    // If a view were made, selecting and compacting through it is what read and wrote past
+    // the buffers: the test then fails here (and under ASan, with the overflow).
+    expect_names(
+        [&] {
+          const KVCache<float> kv = make();
+          Workspace ws;
+          Selection keep;
+          snap.select(kv, QueryWindow<float>(q.data(), 4, 4, small), Budget::tokens(8), keep, ws);
+          compact(kv, keep);
+        },
+        argument, argument);
+  }
+  // The same buffers, described consistently, make views (with and without the span).
+  EXPECT_NO_THROW(KVCache<float>(S::paged_nhd(std::span(k), page, heads, small),
+                                 S::paged_nhd(std::span(v), page, heads, small), shape, pages));
+  EXPECT_NO_THROW(
+      KVCache<float>(S::hnd(std::span(k), 12, small), S::hnd(v.data(), 12, small), shape));
+  expect_error(
+      [&] {
+        KVCache<float>(S::paged_nhd(k.data(), page, heads, large),
+                       S::paged_nhd(v.data(), page, heads, small), shape, pages);
+      },
+      "head_dim: expected the head_dim the keys' Storage was made with (64), got 32");
+}
+
 TEST(BadInput, WindowAndProjectionMustMatchTheCache) {
   auto c = make_cache<float>(Layout::hnd, kv_heads, n, d, d, 1);
   std::vector<float> q(static_cast<std::size_t>(6 * n * d), 0.5f);

@@ -112,10 +112,17 @@ TEST(KVCacheErrors, Shape) {
 TEST(KVCacheErrors, OverlappingStrides) {
   std::vector<float> k(256), v(256);
   using S = Storage<float>;
-  // HND with capacity 8 cannot hold 9 tokens: head 1 would start inside head 0.
+  // HND with capacity 8 cannot hold 9 tokens: head 1 would start inside head 0. The Storage
+  // says so (its capacity), and with the same strides given directly the overlap does.
   expect_error(
       [&] {
         KVCache<float>(S::hnd(k.data(), 8, 4), S::hnd(v.data(), 8, 4), {2, 9, 4});
+      },
+      "tokens: expected at most the capacity the keys' Storage was made with (8), got 9");
+  expect_error(
+      [&] {
+        KVCache<float>(S::strided(k.data(), {.head = 32, .token = 4}), S::hnd(v.data(), 9, 4),
+                       {2, 9, 4});
       },
       "keys: expected head_stride and token_stride under which no two (head, token) spans of 4 "
       "elements overlap, got head_stride=32, token_stride=4");

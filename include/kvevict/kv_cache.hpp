@@ -72,6 +72,7 @@ class KVCache {
   /// A dense cache: keys and values with any strides.
   KVCache(Storage<T> keys, Storage<T> values, Shape shape) : keys_(keys), values_(values) {
     init_shape(shape);
+    check_declared();
     validate_layout();
   }
 
@@ -80,6 +81,7 @@ class KVCache {
       : keys_(keys), values_(values), pages_(pages), paged_(true) {
     init_shape(shape);
     validate_pages();
+    check_declared();
     validate_layout();
   }
 
@@ -316,6 +318,44 @@ class KVCache {
     head_dim_v_ = shape.head_dim_v == 0 ? shape.head_dim : shape.head_dim_v;
   }
 
+  /// What each Storage's named constructor was told must agree with the shape and page table
+  /// (see `Declared`): a dimension given twice that disagrees is an error naming it, before any
+  /// stride is looked at.
+  void check_declared() const {
+    check_declared(keys_.declared, Tensor::keys);
+    check_declared(values_.declared, Tensor::values);
+  }
+
+  void check_declared(const Declared& d, Tensor which) const {
+    const bool keys = which == Tensor::keys;
+    const char* tensor = keys ? "keys" : "values";
+    if (d.head_dim && *d.head_dim != dim(which))
+      detail::fail(
+          keys ? "head_dim" : "head_dim_v",
+          detail::cat("the head_dim the ", tensor, "' Storage was made with (", *d.head_dim, ")",
+                      keys ? "" : " (Shape::head_dim_v, or head_dim when it is 0)"),
+          dim(which));
+    if (d.kv_heads && *d.kv_heads != kv_heads_)
+      detail::fail(
+          "kv_heads",
+          detail::cat("the kv_heads the ", tensor, "' Storage was made with (", *d.kv_heads, ")"),
+          kv_heads_);
+    if (paged_ && d.page_size && *d.page_size != pages_.page_size)
+      detail::fail(
+          "pages.page_size",
+          detail::cat("the page_size the ", tensor, "' Storage was made with (", *d.page_size, ")"),
+          pages_.page_size);
+    if (!paged_ && d.page_size)
+      detail::fail(tensor, "a dense layout for a view without a page table",
+                   "a paged Storage (page_size ", *d.page_size, ")");
+    if (!paged_ && d.capacity && tokens_ > *d.capacity)
+      detail::fail("tokens",
+                   detail::cat("at most the capacity the ", tensor, "' Storage was made with (",
+                               *d.capacity, ")"),
+                   tokens_);
+    if (d.size && *d.size < 0) detail::fail(tensor, "a buffer of >= 0 elements", *d.size);
+  }
+
   void check_page_capacity() const {
     const auto entries = static_cast<index_t>(pages_.pages.size());
     const index_t needed = (tokens_ + pages_.page_size - 1) / pages_.page_size;
@@ -366,7 +406,8 @@ class KVCache {
   }
 
   void check_tensor(const Storage<T>& s, index_t dim, const char* name) const {
-    if (!detail::nested_disjoint(lattice(s), dim)) {
+    const auto dims = lattice(s);
+    if (!detail::nested_disjoint(dims, dim)) {
       const char* what = paged_ ? "head_stride, token_stride and page_stride under which no two "
                                   "(page, head, token) spans of "
                                 : "head_stride and token_stride under which no two (head, token) "
@@ -375,6 +416,13 @@ class KVCache {
                    ", token_stride=", s.token_stride,
                    paged_ ? detail::cat(", page_stride=", s.page_stride) : std::string());
     }
+    if (s.declared.size && detail::lattice_extent(dims, dim) > *s.declared.size)
+      detail::fail(name,
+                   detail::cat("a buffer holding every element the view addresses (",
+                               detail::lattice_extent(dims, dim), " elements of ", dtype_name<T>(),
+                               paged_ ? ": pool_pages pages of the Storage's page_stride)"
+                                      : ": kv_heads x tokens rows at the Storage's strides)"),
+                   "a span of ", *s.declared.size);
   }
 
   /// Keys and values must not share an element. Same strides (vLLM's `(blocks, 2, …)` block):

@@ -16,6 +16,7 @@
 #include <array>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -24,10 +25,39 @@
 
 namespace kvevict {
 
+/// What a named `Storage` constructor was told about the engine's buffer besides its strides.
+///
+/// A layout's dimensions are given twice — to the `Storage` (which turns them into strides) and
+/// to the view's `Shape` / `PageTable` — and two values that disagree would let the view address
+/// memory the engine never allocated. So the `KVCache` checks every dimension declared here
+/// against its shape when it is made, and throws a `kvevict::error` naming the dimension
+/// (`head_dim`, `head_dim_v`, `kv_heads`, `tokens`, `pages.page_size`) before any access. Strides
+/// given directly (`strided`, `paged`, a braced `Storage{…}`) declare nothing but `size`.
+///
+/// With the buffer's size (the overloads taking a `std::span`), the view also checks that every
+/// element it can address — every (head, token) row, or with pages every row of every page in
+/// the pool — lies inside the span: the one check that catches any wrong dimension or stride.
+struct Declared {
+  std::optional<index_t> head_dim = {};   ///< Values per row: equals head_dim (K) / head_dim_v (V).
+  std::optional<index_t> kv_heads = {};   ///< Heads per token (NHD, paged): equals kv_heads.
+  std::optional<index_t> capacity = {};   ///< Tokens per head (dense HND): at least `tokens`.
+  std::optional<index_t> page_size = {};  ///< Tokens per page: equals `PageTable::page_size`.
+  std::optional<index_t> size = {};       ///< Elements of T from `data` (span overloads).
+};
+
+/// Element strides by name (`{.head = 4096, .token = 128}`), so they cannot be given in the wrong
+/// order.
+struct Strides {
+  index_t head = 0;   ///< elements between head h and h + 1 of one token
+  index_t token = 0;  ///< elements between token t and t + 1 (inside a page when paged)
+  index_t page = 0;   ///< elements between page p and p + 1 of the pool (paged only)
+};
+
 /// Where one tensor (the keys, or the values, of one layer of one sequence) lives.
 ///
 /// Strides are in elements. For a dense cache `page_stride` is unused. Build one with the named
-/// constructors, which spell out the common engine layouts:
+/// constructors, which spell out the common engine layouts (each also takes a `std::span` of the
+/// whole buffer instead of a pointer, and then the view checks it never reads past the span):
 ///
 /// | engine layout                                   | constructor                          |
 /// |-------------------------------------------------|--------------------------------------|
@@ -36,14 +66,12 @@ namespace kvevict {
 /// | vLLM `(num_blocks, block_size, h, d)` (NHD)     | `Storage::paged_nhd(p, bs, h, d)`    |
 /// | vLLM / TRT-LLM `(num_blocks, h, block_size, d)` | `Storage::paged_hnd(p, bs, h, d)`    |
 /// | FlashInfer `paged_kv_t` strides                 | `Storage::paged(p, {.page, .head, .token})`
-/// | Element strides by name, so they cannot be given in the wrong order: `Storage::strided(p,
-/// {.head = 4096, .token = 128})`.
-struct Strides {
-  index_t head = 0;   ///< elements between head h and h + 1 of one token
-  index_t token = 0;  ///< elements between token t and t + 1 (inside a page when paged)
-  index_t page = 0;   ///< elements between page p and p + 1 of the pool (paged only)
-};
-
+/// | any dense strides (padding, a slice)            | `Storage::strided(p, {.head, .token})` |
+///
+/// The dimensions a named constructor takes are recorded in `declared` and must agree with the
+/// view's `Shape` (see `Declared`): `Storage::nhd(p, 8, 64)` with `Shape{.head_dim = 32}` is an
+/// error naming `head_dim`, never a read past the engine's buffer.
+///
 /// For a quantized `T` strides count elements of T (a `q8_0` element is a block of 32 values),
 /// while the named constructors take `head_dim` in values, as the `Shape` does: a q8_0 row of
 /// 128 values is 4 blocks, `Storage<q8_0>::nhd(p, 8, 128)` has `head_stride` 4.
@@ -53,37 +81,82 @@ struct Storage {
   index_t head_stride = 0;   ///< Elements between head h and h + 1 of one token.
   index_t token_stride = 0;  ///< Elements between token t and t + 1 (inside a page when paged).
   index_t page_stride = 0;   ///< Elements between page p and p + 1 of the pool (paged only).
+  Declared declared = {};    ///< What the named constructor was told (checked by the view).
 
   /// Dense `[kv_heads][capacity][head_dim]`.
   static constexpr Storage hnd(T* data, index_t capacity, index_t head_dim) {
-    return {data, capacity * row(head_dim), row(head_dim), 0};
+    return {data,
+            capacity * row(head_dim),
+            row(head_dim),
+            0,
+            {.head_dim = head_dim, .capacity = capacity}};
   }
   /// Dense `[capacity][kv_heads][head_dim]`.
   static constexpr Storage nhd(T* data, index_t kv_heads, index_t head_dim) {
-    return {data, row(head_dim), kv_heads * row(head_dim), 0};
+    return {data,
+            row(head_dim),
+            kv_heads * row(head_dim),
+            0,
+            {.head_dim = head_dim, .kv_heads = kv_heads}};
   }
   /// Dense with any strides (padding between tokens or heads, a slice of a larger tensor):
   /// `strided(p, {.head = …, .token = …})`.
-  static constexpr Storage strided(T* data, Strides s) { return {data, s.head, s.token, 0}; }
+  static constexpr Storage strided(T* data, Strides s) { return {data, s.head, s.token, 0, {}}; }
   /// Paged pool `[pool_pages][kv_heads][page_size][head_dim]`.
   static constexpr Storage paged_hnd(T* pool, index_t page_size, index_t kv_heads,
                                      index_t head_dim) {
     const index_t r = row(head_dim);
-    return {pool, page_size * r, r, kv_heads * page_size * r};
+    return {pool,
+            page_size * r,
+            r,
+            kv_heads * page_size * r,
+            {.head_dim = head_dim, .kv_heads = kv_heads, .page_size = page_size}};
   }
   /// Paged pool `[pool_pages][page_size][kv_heads][head_dim]`.
   static constexpr Storage paged_nhd(T* pool, index_t page_size, index_t kv_heads,
                                      index_t head_dim) {
     const index_t r = row(head_dim);
-    return {pool, r, kv_heads * r, page_size * kv_heads * r};
+    return {pool,
+            r,
+            kv_heads * r,
+            page_size * kv_heads * r,
+            {.head_dim = head_dim, .kv_heads = kv_heads, .page_size = page_size}};
   }
   /// Paged pool with any strides (FlashInfer's `stride_page`, `stride_h`, `stride_n`):
   /// `paged(pool, {.head = …, .token = …, .page = …})`.
-  static constexpr Storage paged(T* pool, Strides s) { return {pool, s.head, s.token, s.page}; }
+  static constexpr Storage paged(T* pool, Strides s) { return {pool, s.head, s.token, s.page, {}}; }
+
+  // The same over the whole buffer: the view checks that it addresses nothing past the span.
+  static constexpr Storage hnd(std::span<T> buffer, index_t capacity, index_t head_dim) {
+    return sized(hnd(buffer.data(), capacity, head_dim), buffer);
+  }
+  static constexpr Storage nhd(std::span<T> buffer, index_t kv_heads, index_t head_dim) {
+    return sized(nhd(buffer.data(), kv_heads, head_dim), buffer);
+  }
+  static constexpr Storage strided(std::span<T> buffer, Strides s) {
+    return sized(strided(buffer.data(), s), buffer);
+  }
+  static constexpr Storage paged_hnd(std::span<T> pool, index_t page_size, index_t kv_heads,
+                                     index_t head_dim) {
+    return sized(paged_hnd(pool.data(), page_size, kv_heads, head_dim), pool);
+  }
+  static constexpr Storage paged_nhd(std::span<T> pool, index_t page_size, index_t kv_heads,
+                                     index_t head_dim) {
+    return sized(paged_nhd(pool.data(), page_size, kv_heads, head_dim), pool);
+  }
+  static constexpr Storage paged(std::span<T> pool, Strides s) {
+    return sized(paged(pool.data(), s), pool);
+  }
 
   /// Elements of a row of `head_dim` values (the view rejects a head_dim that is not a multiple
   /// of `values_per_element<T>`).
   static constexpr index_t row(index_t head_dim) { return head_dim / values_per_element<T>; }
+
+ private:
+  static constexpr Storage sized(Storage s, std::span<T> buffer) {
+    s.declared.size = static_cast<index_t>(buffer.size());
+    return s;
+  }
 };
 
 /// How scales are stored.
