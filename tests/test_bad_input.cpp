@@ -506,6 +506,12 @@ void expect_streaming_errors(const P policy, StreamConfig config, bool reads_row
         rows[static_cast<std::size_t>(h * slots + s)] =
             stream.position(h / 2, s) >= 0 ? 1.0f / static_cast<float>(stream.size(h / 2)) : 0.0f;
   };
+  // Call order (issue 33): an observe needs an append since the previous observe.
+  expect_names(
+      [&] {
+        stream.observe({rows.data(), 4, slots, slots});
+      },
+      "observe", ctx + ": observe before any append");
   // Run past the budget so that evictions happen, then feed bad rows.
   auto twin = policy.start(config);  // sees only the good steps
   std::int64_t pos = 0;
@@ -516,6 +522,8 @@ void expect_streaming_errors(const P policy, StreamConfig config, bool reads_row
     const AttentionRows r{rows.data(), 4, slots, slots};
     stream.observe(r);
     twin.observe(r);
+    if (pos % 13 == 0)
+      expect_names([&] { stream.observe(r); }, "observe", ctx + ": a second observe");
   }
   expect_names([&] { stream.append(pos - 1); }, "position", ctx);
   stream.append(pos);
@@ -557,6 +565,28 @@ void expect_streaming_errors(const P policy, StreamConfig config, bool reads_row
     const Evictions b = twin.observe(r);
     EXPECT_TRUE(std::ranges::equal(ea, b.slots)) << ctx << " step " << pos;
   }
+}
+
+// H2O adds each observed row to its accumulator: before issue 33 an observe twice in a row
+// counted one step twice, and an observe before any append was accepted.
+TEST(BadInput, StreamingCallOrderIsChecked) {
+  auto seq = H2O({.recent = 2}).start({.kv_heads = 1, .q_heads = 1, .budget = 4});
+  std::vector<float> rows(static_cast<std::size_t>(seq.slots()), 0.0f);
+  const AttentionRows r{rows.data(), 1, seq.slots(), seq.slots()};
+  expect_error([&] { seq.observe(r); },
+               "observe: expected an append before it (each observe reports the attention of the "
+               "token appended last), got an observe before any append");
+  const token_t slot = seq.append(7)[0];
+  rows[static_cast<std::size_t>(slot)] = 1.0f;
+  seq.observe(r);
+  const float after_one = seq.state().acc[static_cast<std::size_t>(slot)];
+  expect_error([&] { seq.observe(r); },
+               "observe: expected an append before it (each observe reports the attention of the "
+               "token appended last), got a second observe after the append at position 7");
+  EXPECT_EQ(seq.state().acc[static_cast<std::size_t>(slot)], after_one);  // counted once
+  seq.append(8);  // two appends, one observe: allowed
+  seq.append(9);
+  EXPECT_NO_THROW(seq.observe(r));
 }
 
 TEST(BadInput, StreamingPolicies) {

@@ -114,6 +114,7 @@ TEST(TOVA, StreamingEvictsTheArgminTheNewTokenIncluded) {
   EXPECT_EQ(tova.position(0, 2), 2);
   EXPECT_EQ(tova.position(0, 0), -1);
   EXPECT_EQ(tova.size(0), 2);
+  tova.append(4);
   expect_error(
       [&] {
         tova.observe({rows.data(), 1, 3, 3});

@@ -23,12 +23,20 @@
 /// static constexpr bool reads_rows = true;               // false: rows are not looked at
 /// \endcode
 ///
-/// Optional: `check_append(const State&)` / `check_observe(const State&)` for order rules that
-/// can fail (Cascade), both called before anything changes.
+/// Optional: `check_append(const State&)` for an order rule of its own (Cascade: one observe
+/// per append), called before anything changes.
+///
+/// **Call order**, checked for every policy: each `observe` reports the attention of the token
+/// appended last, so it needs an `append` since the previous `observe` — an observe before any
+/// append, or a second one for the same token (which would count that step twice), is a
+/// `kvevict::error` naming `observe` and changes nothing. Several appends before one observe are
+/// allowed (tokens whose attention the engine does not hand in, e.g. prompt tokens processed as
+/// a batch): they are kept and scored by the attention they receive afterwards.
 
 #include <algorithm>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -183,16 +191,26 @@ class Stream {
     if constexpr (requires { policy_.check_append(state_); }) policy_.check_append(state_);
     const auto stored = core_.take(position);
     policy_.appended(state_, core_, stored);
+    awaiting_observe_ = true;
     return core_.slots_per_kv_head();
   }
 
-  /// The new token's attention over the slots (itself included); returns the slots evicted.
+  /// The attention of the token appended last over the slots (itself included); returns the
+  /// slots evicted. Needs an `append` since the previous observe (see the file comment).
   Evictions observe(const AttentionRows& rows) {
+    if (!awaiting_observe_)
+      detail::fail("observe",
+                   "an append before it (each observe reports the attention of the token "
+                   "appended last)",
+                   core_.last_position() < 0
+                       ? std::string("an observe before any append")
+                       : detail::cat("a second observe after the append at position ",
+                                     core_.last_position()));
     if constexpr (P::reads_rows) detail::check_rows(rows, core_.q_heads(), core_.slots());
-    if constexpr (requires { policy_.check_observe(state_); }) policy_.check_observe(state_);
     if constexpr (P::reads_rows) detail::check_probabilities(rows, core_.table());
     core_.begin_step();
     policy_.observed(state_, core_, rows);
+    awaiting_observe_ = false;
     return core_.evictions();
   }
 
@@ -225,6 +243,7 @@ class Stream {
   P policy_;
   StreamCore core_;
   State state_;
+  bool awaiting_observe_ = false;  ///< an append since the last observe
 };
 
 }  // namespace kvevict

@@ -199,10 +199,6 @@ class Cascade : public OneShot<Cascade> {
                    "an observe after the previous append (Cascade places each token then)",
                    "a second append");
   }
-  void check_observe(const State& st) const {
-    if (st.pending[0] < 0)
-      detail::fail("observe", "an append before it (the newcomer to place)", "none");
-  }
   /// The newcomer (in a free slot: after the first S + C · W tokens, the one the previous step
   /// evicted) starts with score 0 and waits for its observe.
   void appended(State& st, StreamCore& core, std::span<const token_t> slots) const noexcept {
