@@ -1,7 +1,18 @@
 // What an engine does first: wrap its memory, pick a policy, compact.
 #include <kvevict/kvevict.hpp>
 
+#include <string_view>
 #include <vector>
+
+#ifdef KVEVICT_PACKAGE_VERSION  // find_package's version, given by tests/packaging/find_package
+#define CONSUMER_STR(x) #x
+#define CONSUMER_VERSION(major, minor, patch) \
+  CONSUMER_STR(major) "." CONSUMER_STR(minor) "." CONSUMER_STR(patch)
+static_assert(std::string_view(KVEVICT_PACKAGE_VERSION) == CONSUMER_VERSION(KVEVICT_VERSION_MAJOR,
+                                                                            KVEVICT_VERSION_MINOR,
+                                                                            KVEVICT_VERSION_PATCH),
+              "kvevictConfigVersion.cmake and include/kvevict/version.hpp disagree");
+#endif
 
 int main() {
   std::vector<Eigen::half> k(2 * 8 * 4), v(2 * 8 * 4), q(2 * 1 * 4);
