@@ -3,28 +3,40 @@
 #pragma once
 
 /// \file
-/// \brief `OneShot<P>`: the score → choose pipeline as a policy's `select`, written once.
+/// \brief `OneShot<P, Params>`: what every policy shares — its parameters, their validation,
+/// and the score → choose pipeline as its `select` — written once.
 ///
-/// A one-shot policy P derives from `OneShot<P>` and supplies only its rule:
+/// A policy P derives from `OneShot<P, PParams>` and supplies only what is its own:
 ///
 /// \code
-/// template <Element T> Scores score(const KVCache<T>&, const QueryWindow<query_type<T>>&,
-/// Granularity,
-///                                   Workspace&) const;     // unless its rule reads no scores
-/// SomeRule rule(index_t n) const;                          // how a row's candidates are chosen
-/// Granularity granularity() const;                         // per head or shared
-/// std::optional<AdaptiveBudgets> adaptive() const;         // optional: AdaKV budgets
-/// Protected protect(index_t n) const;                      // optional: regions its scores imply
-/// template <Element T> void check_inputs(kv, queries) const;  // optional: e.g. window ≥ w
+/// class P : public kvevict::OneShot<P, PParams> {
+///  public:
+///   using OneShot::OneShot;                  // P(), P(const PParams&): validated by check
+///   static constexpr std::string_view name = "p";
+///   static constexpr PolicyInfo info{…};
+///   static std::vector<Parameter<Params>> parameters();
+///   static void check(const Params&);        // optional: throws kvevict::error
+///   SomeRule rule(index_t n) const;          // how a row's candidates are chosen
+///   template <Element T> Scores score(kv, queries, Granularity, Workspace&) const;
+///                                            // unless its rule reads no scores
+///   std::optional<AdaptiveBudgets> adaptive() const;  // optional: AdaKV budgets
+///   Protected protect(index_t n) const;      // optional: regions its scores imply
+///   template <Element T> void check_inputs(kv, queries) const;  // optional: e.g. window ≥ w
+/// };
 /// \endcode
 ///
-/// and gets `select(kv, queries, budget, out, ws)` — validation, B ≥ n keeps everything,
-/// budget errors before any scoring, then `choose` — and `choose(scores, budget, out, ws)` for
-/// scores an engine computed itself. For `Granularity::pages`, `select` takes the page size of
-/// the (paged) view; `choose` takes it as an argument. `Granularity::layers` over several
-/// layers is `kvevict::choose` with every layer's `score` (a single layer is its own set).
+/// and gets `params()`, `granularity()` (the `granularity` parameter, per_head without one),
+/// `select(kv, queries, budget, out, ws)` — validation, B ≥ n keeps everything, budget errors
+/// before any scoring, then `choose` — `choose(scores, budget, out, ws)` for scores an engine
+/// computed itself, and `choose_layers` for one set across layers. For `Granularity::pages`,
+/// `select` takes the page size of the (paged) view; `choose` takes it as an argument.
 
+#include <concepts>
 #include <optional>
+#include <span>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "budget.hpp"
 #include "choose.hpp"
@@ -37,14 +49,50 @@
 
 namespace kvevict {
 
-template <class P>
+namespace detail {
+
+/// P scores a cache of T (it has a `score` for it).
+template <class P, class T>
+concept scores_cache = requires(const P& p, const KVCache<T>& kv,
+                                const QueryWindow<query_type<T>>& q, Granularity g, Workspace& ws) {
+  { p.score(kv, q, g, ws) } -> std::same_as<Scores>;
+};
+
+/// P's `select` serves a cache of T: its rule chooses by position, or it scores T.
+template <class P, class T>
+concept selects_cache =
+    !std::remove_cvref_t<decltype(std::declval<const P&>().rule(index_t{}))>::reads_scores ||
+    scores_cache<P, T>;
+
+}  // namespace detail
+
+template <class P, class Params_>
 class OneShot {
  public:
+  using Params = Params_;
+
+  /// The default parameters, validated by `P::check`.
+  OneShot() : OneShot(Params{}) {}
+  /// `p`, validated by `P::check` (a `kvevict::error` naming the parameter).
+  explicit OneShot(const Params& p) : params_(p) {
+    if constexpr (requires { P::check(p); }) P::check(p);
+  }
+
+  const Params& params() const noexcept { return params_; }
+  /// The unit of the choice: the `granularity` parameter (per_head for a policy without one).
+  Granularity granularity() const noexcept {
+    if constexpr (requires { params_.granularity; })
+      return params_.granularity;
+    else
+      return Granularity::per_head;
+  }
+
   /// Selects, from the cache and the window of the last queries, the tokens each KV head keeps
   /// under `budget` (per KV head, protected regions included), into `out`. Validates the inputs
   /// and the budget before scoring; B ≥ n keeps everything, bit for bit. On error `out` is left
   /// incomplete. Complexity and scratch: the policy's scorer plus `choose`.
   template <Element T>
+  requires detail::selects_cache<P, T>
   void select(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries, Budget budget,
               Selection& out, Workspace& ws) const {
     detail::ClearOnError on_error(out);
@@ -82,8 +130,22 @@ class OneShot {
     choose_with(scores, budget, self().rule(scores.tokens), out, ws, page_size);
   }
 
+  /// One set for several layers (`Granularity::layers`: a llama.cpp cell holds a token of every
+  /// layer) from each layer's `score`, the policy's protected regions holding in every layer,
+  /// the layers combined as `combine` (see `choose`). On error `out` is left incomplete.
+  /// Allocates one copy of the layers' `Scores` headers (not their values).
+  void choose_layers(std::span<const Scores> layers, Budget budget, Selection& out, Workspace& ws,
+                     LayerCombine combine = LayerCombine::mean) const {
+    detail::ClearOnError on_error(out);
+    if (layers.empty()) detail::fail("layers", "the scores of at least 1 layer", 0);
+    std::vector<Scores> with(layers.begin(), layers.end());
+    for (Scores& s : with) s.protect = unite(s.protect, implied(s.tokens));
+    const Choice c{.budget = budget, .granularity = Granularity::layers, .combine = combine};
+    kvevict::choose(std::span<const Scores>(with), c, self().rule(layers[0].tokens), out, ws);
+  }
+
  protected:
-  OneShot() = default;
+  Params params_;
 
  private:
   const P& self() const noexcept { return static_cast<const P&>(*this); }

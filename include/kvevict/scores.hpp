@@ -121,6 +121,32 @@ struct Scores {
   GroupReduce second_reduce = GroupReduce::mean;
   index_t layer = 0;
 
+  /// One row per KV head of `view` (a `KVCache`), already reduced over its group: what a
+  /// scorer reading keys or values alone returns (KNorm, KeyDiff).
+  template <class View>
+  static Scores of_kv_heads(std::span<const float> values, const View& view) {
+    return {.values = values,
+            .rows = view.kv_heads(),
+            .tokens = view.tokens(),
+            .kv_heads = view.kv_heads(),
+            .kind = ScoreRows::kv_heads,
+            .layer = view.layer()};
+  }
+  /// One row per query head (`q_heads` rows over `view`'s tokens), each KV head's group
+  /// reduced by `reduce` when chosen; `protect`: the regions the scores imply.
+  template <class View>
+  static Scores of_query_heads(std::span<const float> values, index_t q_heads, const View& view,
+                               GroupReduce reduce, Protected protect = {}) {
+    return {.values = values,
+            .rows = q_heads,
+            .tokens = view.tokens(),
+            .kv_heads = view.kv_heads(),
+            .kind = ScoreRows::query_heads,
+            .reduce = reduce,
+            .protect = protect,
+            .layer = view.layer()};
+  }
+
   /// Row r of the first channel.
   std::span<const float> row(index_t r) const noexcept {
     return values.subspan(static_cast<std::size_t>(r * tokens), static_cast<std::size_t>(tokens));

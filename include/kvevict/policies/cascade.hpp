@@ -75,10 +75,9 @@ struct CascadeParams {
 ///   inserted one by one: O(n · (S + C·W + stride) · d · q_heads), linear in the prompt.
 /// - One-shot `select` keeps what the streaming form would after the given tokens, scored by
 ///   the query window (an approximation: positions before the window see no attention).
-class Cascade : public OneShot<Cascade> {
+class Cascade : public OneShot<Cascade, CascadeParams> {
  public:
   static constexpr std::string_view name = "cascade";
-  using Params = CascadeParams;
   static constexpr PolicyInfo info{
       .summary = "sinks + cascading sub-caches keeping every 2^c-th token (Willette et al. 2024)",
       .reads = reads_keys | reads_queries | reads_attention_rows,
@@ -88,13 +87,14 @@ class Cascade : public OneShot<Cascade> {
             param<&Params::cascades>("cascades", "[1, 30]",
                                      "sub-caches C (W = (budget - sinks) / C slots each)"),
             param<&Params::beta>("beta", "[0, 1)", "EMA decay of the attention scores"),
-            param<&Params::reduce>("reduce", "", "GQA reduction: max, mean or sum"),
+            param<&Params::reduce>("reduce", "", "GQA reduction over a KV head's query heads"),
             param<&Params::stride>("stride", "≥ 1", "prefill chunk length"),
-            param<&Params::granularity>("granularity", "", "per_head, equal, shared or layers")};
+            param<&Params::granularity>("granularity", "", "unit of the choice")};
   }
 
-  Cascade() : Cascade(Params{}) {}
-  explicit Cascade(const Params& p) : params_(p) {
+  using OneShot::OneShot;
+  /// Throws `kvevict::error` naming the first invalid parameter (the constructors call it).
+  static void check(const Params& p) {
     detail::require(p.sinks >= 0, "sinks", "sinks >= 0", p.sinks);
     detail::require(p.cascades >= 1 && p.cascades <= 30, "cascades", "1 <= cascades <= 30",
                     p.cascades);
@@ -105,7 +105,6 @@ class Cascade : public OneShot<Cascade> {
                     "per_head, equal, shared or layers (cascade counts tokens, not pages)",
                     to_string(p.granularity));
   }
-  const Params& params() const noexcept { return params_; }
 
   /// W for a budget B: (B − S) / C, at least 1. Throws when B cannot hold S + C slots.
   index_t window_for(index_t budget) const {
@@ -400,7 +399,6 @@ class Cascade : public OneShot<Cascade> {
     }
   };
 
-  Granularity granularity() const noexcept { return params_.granularity; }
   Rule rule(index_t) const noexcept { return {this}; }
 
   /// Every token's attention summed over the window's queries (`[q_heads][n]` from `ws`),
@@ -448,8 +446,6 @@ class Cascade : public OneShot<Cascade> {
     }
     core.evict(h, carry);
   }
-
-  Params params_;
 };
 
 }  // namespace kvevict

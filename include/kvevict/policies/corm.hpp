@@ -80,10 +80,9 @@ struct CORMParams {
 ///
 /// - Streaming: `start` allocates O(kv_heads · capacity); a step is O(q_heads · slots) and never
 ///   allocates. One-shot: one `window_attention` + O(n) per head.
-class CORM : public OneShot<CORM> {
+class CORM : public OneShot<CORM, CORMParams> {
  public:
   static constexpr std::string_view name = "corm";
-  using Params = CORMParams;
   static constexpr PolicyInfo info{
       .summary = "budget-free: evict keys no recent query found important (Dai et al. 2024)",
       .reads = reads_keys | reads_queries | reads_attention_rows,
@@ -93,14 +92,15 @@ class CORM : public OneShot<CORM> {
     return {param<&Params::w>("w", "≥ 1", "recent queries a key must stay unimportant for"),
             param<&Params::r>("r", "≥ 0", "recent keys never evicted"),
             param<&Params::threshold>("threshold", "",
-                                      "importance threshold: t (1/t) or live (1/|cache|)"),
+                                      "importance threshold: 1/t (t) or 1/|cache| (live)"),
             param<&Params::max_tokens>("max_tokens", "0 or ≥ max(r, 1)",
                                        "cap on the cache, 0 = none (extension)"),
-            param<&Params::granularity>("granularity", "", "per_head or shared")};
+            param<&Params::granularity>("granularity", "", "unit of the choice")};
   }
 
-  CORM() : CORM(Params{}) {}
-  explicit CORM(const Params& p) : params_(p) {
+  using OneShot::OneShot;
+  /// Throws `kvevict::error` naming the first invalid parameter (the constructors call it).
+  static void check(const Params& p) {
     detail::require(p.w >= 1, "w", "w >= 1 recent queries", p.w);
     detail::require(p.r >= 0, "r", "r >= 0 recent keys", p.r);
     detail::require(
@@ -108,7 +108,6 @@ class CORM : public OneShot<CORM> {
         detail::cat("0 (no cap) or at least max(r, 1) (", std::max<index_t>(p.r, 1), ")"),
         p.max_tokens);
   }
-  const Params& params() const noexcept { return params_; }
 
   // ---- one-shot (an approximation over the query window) -----------------------------------
 
@@ -137,7 +136,6 @@ class CORM : public OneShot<CORM> {
     }
   };
 
-  Granularity granularity() const noexcept { return params_.granularity; }
   Rule rule(index_t) const noexcept { return {params_.r, params_.max_tokens}; }
 
   /// `max_i (t_i · A_i[j])` over the window's queries (query i at position n − w + i, t_i its
@@ -228,8 +226,6 @@ class CORM : public OneShot<CORM> {
     const index_t limit = slots - 1;  // a free slot must remain for the next token
     return params_.max_tokens > 0 ? std::min(limit, params_.max_tokens) : limit;
   }
-
-  Params params_;
 };
 
 }  // namespace kvevict

@@ -81,10 +81,9 @@ struct CriticalKVParams {
 /// - Complexity: SnapKV's scoring + the norms (2·(n − w)·d·hidden FLOPs per query head for L1,
 ///   2·(n − w)·d² for L2) + O(n) selection per head. Scratch from `ws`; no allocation once warm.
 /// - Errors: W_o that does not match the cache or queries; B < w unless B ≥ n.
-class CriticalKV : public OneShot<CriticalKV> {
+class CriticalKV : public OneShot<CriticalKV, CriticalKVParams> {
  public:
   static constexpr std::string_view name = "criticalkv";
-  using Params = CriticalKVParams;
   static constexpr PolicyInfo info{
       .summary =
           "attention, then attention x projected value norm |V W_o| (Feng et al. 2025); needs W_o",
@@ -93,39 +92,45 @@ class CriticalKV : public OneShot<CriticalKV> {
     return {
         param<&Params::window>("window", "≥ 1", "SnapKV observation window, always kept"),
         param<&Params::kernel>("kernel", "≥ 1", "SnapKV pooling kernel"),
-        param<&Params::pool>("pool", "", "SnapKV pooling: max or avg"),
-        param<&Params::reduce>("reduce", "", "GQA reduction of the attention: mean, max or sum"),
+        param<&Params::pool>("pool", "", "SnapKV pooling over neighbouring tokens"),
+        param<&Params::reduce>("reduce", "",
+                               "GQA reduction of the attention over a KV head's query heads"),
         param<&Params::first_stage_ratio>("first_stage_ratio", "[0, 1]",
                                           "budget share chosen by attention"),
         param<&Params::epsilon>("epsilon", "≥ 0", "added to the attention before weighting"),
-        param<&Params::norm>("norm", "", "projected value norm: l1 or l2"),
+        param<&Params::norm>("norm", "", "norm of the projected values"),
         param<&Params::ada>("ada", "", "AdaKV head-adaptive budgets"),
         param<&Params::alpha_safeguard>("alpha_safeguard", "[0, 1]",
                                         "AdaKV: minimum share of the budget per head"),
-        param<&Params::safeguard>("safeguard", "", "AdaKV safeguard rule: kvpress or adakv"),
-        param<&Params::granularity>("granularity", "", "per_head or shared")};
+        param<&Params::safeguard>(
+            "safeguard", "", "AdaKV safeguard rule (whose: kvpress's or the AdaKV repository's)"),
+        param<&Params::granularity>("granularity", "", "unit of the choice")};
   }
 
-  CriticalKV(const Params& p, const OutputProjection& wo) : params_(p), wo_(wo) {
-    detail::check_snapkv(base_params());
+  /// Validates `p` (`check`), then precomputes W_o's Gram matrices for the l2 norm.
+  CriticalKV(const Params& p, const OutputProjection& wo) : OneShot(p), wo_(wo) {
+    if (p.norm == NormKind::l2) gram_ = gram_matrices(wo);
+  }
+  /// Throws `kvevict::error` naming the first invalid parameter (the constructor calls it).
+  static void check(const Params& p) {
+    detail::check_snapkv(base_params(p));
     detail::require(p.first_stage_ratio >= 0.0 && p.first_stage_ratio <= 1.0, "first_stage_ratio",
                     "a ratio in [0, 1]", p.first_stage_ratio);
     detail::require(std::isfinite(p.epsilon) && p.epsilon >= 0.0, "epsilon", "epsilon >= 0",
                     p.epsilon);
     detail::require(p.alpha_safeguard >= 0.0 && p.alpha_safeguard <= 1.0, "alpha_safeguard",
                     "a fraction in [0, 1]", p.alpha_safeguard);
-    if (p.norm == NormKind::l2) gram_ = gram_matrices(wo);
   }
-  const Params& params() const noexcept { return params_; }
   const OutputProjection& output_projection() const noexcept { return wo_; }
 
   /// The SnapKV configuration of the base scores.
-  SnapKVParams base_params() const noexcept {
-    return {.window = params_.window,
-            .kernel = params_.kernel,
-            .pool = params_.pool,
-            .reduce = params_.reduce,
-            .granularity = params_.granularity};
+  SnapKVParams base_params() const noexcept { return base_params(params_); }
+  static SnapKVParams base_params(const Params& p) noexcept {
+    return {.window = p.window,
+            .kernel = p.kernel,
+            .pool = p.pool,
+            .reduce = p.reduce,
+            .granularity = p.granularity};
   }
 
   /// CriticalKV's two stages for one row, from the base scores s (first channel) and the
@@ -157,7 +162,6 @@ class CriticalKV : public OneShot<CriticalKV> {
     }
   };
 
-  Granularity granularity() const noexcept { return params_.granularity; }
   Rule rule(index_t) const noexcept { return {{}, params_.first_stage_ratio, params_.epsilon}; }
   Protected protect(index_t) const noexcept {
     return {.recent = params_.window, .recent_name = "window"};
@@ -212,7 +216,6 @@ class CriticalKV : public OneShot<CriticalKV> {
   }
 
  private:
-  Params params_;
   OutputProjection wo_;
   std::vector<float> gram_;  ///< G_h = W_o^h W_o^hᵀ per query head (l2 only)
 };

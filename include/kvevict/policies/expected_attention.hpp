@@ -115,10 +115,9 @@ struct ExpectedAttentionParams {
 ///   fold, 140–150 ms after, alternating runs of the two builds).
 ///   Scratch from `ws`: kv_heads · n floats (the scores), g · n doubles, and
 ///   1024 · (d + g·N) + 2 · d · g·N floats (+ padding to 32 rows).
-class ExpectedAttention : public OneShot<ExpectedAttention> {
+class ExpectedAttention : public OneShot<ExpectedAttention, ExpectedAttentionParams> {
  public:
   static constexpr std::string_view name = "expected_attention";
-  using Params = ExpectedAttentionParams;
   static constexpr PolicyInfo info{
       .summary = "attention expected from future queries' statistics (Devoto et al. 2025)",
       .reads = reads_keys | reads_queries | reads_values};
@@ -131,11 +130,12 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
         param<&Params::epsilon>("epsilon", "≥ 0", "added before the value-norm weighting"),
         param<&Params::rope_base>("rope_base", "> 1", "the model's RoPE base"),
         param<&Params::rope_style>("rope_style", "", "neox (HF) or gptj (llama.cpp)"),
-        param<&Params::granularity>("granularity", "", "per_head, equal, shared, layers or pages")};
+        param<&Params::granularity>("granularity", "", "unit of the choice")};
   }
 
-  ExpectedAttention() : ExpectedAttention(Params{}) {}
-  explicit ExpectedAttention(const Params& p) : params_(p) {
+  using OneShot::OneShot;
+  /// Throws `kvevict::error` naming the first invalid parameter (the constructors call it).
+  static void check(const Params& p) {
     detail::require(p.n_future >= 1, "n_future", "n_future >= 1", p.n_future);
     detail::require(p.n_sink >= 0, "n_sink", "n_sink >= 0", p.n_sink);
     detail::require(std::isfinite(p.epsilon) && p.epsilon >= 0.0, "epsilon", "epsilon >= 0",
@@ -143,9 +143,7 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
     detail::require(std::isfinite(p.rope_base) && p.rope_base > 1.0, "rope_base",
                     "a finite base > 1", p.rope_base);
   }
-  const Params& params() const noexcept { return params_; }
 
-  Granularity granularity() const noexcept { return params_.granularity; }
   TopK rule(index_t) const noexcept { return {}; }
   Protected protect(index_t) const noexcept { return {.sinks = params_.n_sink}; }
 
@@ -366,9 +364,6 @@ class ExpectedAttention : public OneShot<ExpectedAttention> {
             .protect = protect(n),
             .layer = kv.layer()};
   }
-
- private:
-  Params params_;
 };
 
 }  // namespace kvevict

@@ -58,10 +58,9 @@ struct H2OParams {
 /// fp16 step of a large sum are lost) and has no GQA support; here fp32 and a per-query group
 /// reduction. Upstream keeps `top-k` of the non-recent tokens each step, which in steady state
 /// is the same as evicting the argmin.
-class H2O : public OneShot<H2O> {
+class H2O : public OneShot<H2O, H2OParams> {
  public:
   static constexpr std::string_view name = "h2o";
-  using Params = H2OParams;
   static constexpr PolicyInfo info{
       .summary = "accumulated attention heavy hitters + recent window (Zhang et al. 2023)",
       .reads = reads_keys | reads_queries | reads_attention_rows,
@@ -69,16 +68,17 @@ class H2O : public OneShot<H2O> {
   static std::vector<Parameter<Params>> parameters() {
     return {
         param<&Params::recent>("recent", "≥ 0, or none", "recent window R (none: half the budget)"),
-        param<&Params::reduce>("reduce", "", "GQA reduction per query: mean, max or sum"),
-        param<&Params::granularity>("granularity", "", "per_head or shared")};
+        param<&Params::reduce>("reduce", "",
+                               "GQA reduction over a KV head's query heads, per query"),
+        param<&Params::granularity>("granularity", "", "unit of the choice")};
   }
 
-  H2O() : H2O(Params{}) {}
-  explicit H2O(const Params& p) : params_(p) {
+  using OneShot::OneShot;
+  /// Throws `kvevict::error` naming the first invalid parameter (the constructors call it).
+  static void check(const Params& p) {
     detail::require(!p.recent || *p.recent >= 0, "recent", "recent >= 0 (or none: half the budget)",
                     p.recent.value_or(0));
   }
-  const Params& params() const noexcept { return params_; }
 
   /// R for a budget of `b` tokens.
   index_t recent_for(index_t b) const noexcept { return params_.recent.value_or(b / 2); }
@@ -92,7 +92,6 @@ class H2O : public OneShot<H2O> {
       return {.recent = policy->recent_for(budget)};
     }
   };
-  Granularity granularity() const noexcept { return params_.granularity; }
   Rule rule(index_t) const noexcept { return {{}, this}; }
 
   /// The accumulated attention `acc`: the sum over the window's queries of the per-query group
@@ -208,9 +207,6 @@ class H2O : public OneShot<H2O> {
       core.evict(h, victim);
     }
   }
-
- private:
-  Params params_;
 };
 
 }  // namespace kvevict

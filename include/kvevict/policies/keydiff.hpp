@@ -87,30 +87,28 @@ inline void keydiff_scores(std::span<const float> unit, index_t m, index_t d,
 ///
 /// - Complexity O(kv_heads · n · d) (block form: O(kv_heads · n · d · (1 + B / block)));
 ///   scratch (n + B + block) · d + n floats from `ws`.
-class KeyDiff : public OneShot<KeyDiff> {
+class KeyDiff : public OneShot<KeyDiff, KeyDiffParams> {
  public:
   static constexpr std::string_view name = "keydiff";
-  using Params = KeyDiffParams;
   static constexpr PolicyInfo info{
       .summary = "keys least similar to the mean key direction, no attention (Park et al. 2025)",
       .reads = reads_keys};
   static std::vector<Parameter<Params>> parameters() {
     return {
         param<&Params::block>("block", "≥ 0", "block-iterative form: tokens per block (0: off)"),
-        param<&Params::granularity>("granularity", "", "per_head, equal, shared, layers or pages")};
+        param<&Params::granularity>("granularity", "", "unit of the choice")};
   }
 
-  KeyDiff() : KeyDiff(Params{}) {}
-  explicit KeyDiff(const Params& p) : params_(p) {
+  using OneShot::OneShot;
+  /// Throws `kvevict::error` naming the first invalid parameter (the constructors call it).
+  static void check(const Params& p) {
     detail::require(p.block >= 0, "block", "block >= 0 (0: off)", p.block);
     detail::require(p.block == 0 || p.granularity == Granularity::per_head ||
                         p.granularity == Granularity::equal,
                     "granularity", "per_head or equal for the block form",
                     to_string(p.granularity));
   }
-  const Params& params() const noexcept { return params_; }
 
-  Granularity granularity() const noexcept { return params_.granularity; }
   TopK rule(index_t) const noexcept { return {}; }
 
   /// −cos(k, anchor) per KV head and token (`[kv_heads][n]` from `ws`).
@@ -145,7 +143,7 @@ class KeyDiff : public OneShot<KeyDiff> {
   template <Element T>
   void select(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries, Budget budget,
               Selection& out, Workspace& ws) const {
-    if (params_.block == 0) return OneShot<KeyDiff>::select(kv, queries, budget, out, ws);
+    if (params_.block == 0) return OneShot::select(kv, queries, budget, out, ws);
     detail::ClearOnError on_error(out);
     check_window(kv, queries);
     detail::require_finite_scales(kv);
@@ -197,8 +195,6 @@ class KeyDiff : public OneShot<KeyDiff> {
       if (!std::isfinite(x[i]))
         detail::fail("keys", "finite values", "a non-finite key at KV head ", h, ", token ", t);
   }
-
-  Params params_;
 };
 
 }  // namespace kvevict

@@ -43,23 +43,18 @@ struct KNormParams {
 /// order (`compact`). The norm is accumulated in double.
 ///
 /// - Complexity O(kv_heads · n · d); scratch kv_heads · n floats from `ws`.
-class KNorm : public OneShot<KNorm> {
+class KNorm : public OneShot<KNorm, KNormParams> {
  public:
   static constexpr std::string_view name = "knorm";
-  using Params = KNormParams;
   static constexpr PolicyInfo info{
       .summary = "smallest key L2 norms, no attention needed (Devoto et al. 2024)",
       .reads = reads_keys};
   static std::vector<Parameter<Params>> parameters() {
-    return {
-        param<&Params::granularity>("granularity", "", "per_head, equal, shared, layers or pages")};
+    return {param<&Params::granularity>("granularity", "", "unit of the choice")};
   }
 
-  KNorm() : KNorm(Params{}) {}
-  explicit KNorm(const Params& p) : params_(p) {}
-  const Params& params() const noexcept { return params_; }
+  using OneShot::OneShot;
 
-  Granularity granularity() const noexcept { return params_.granularity; }
   TopK rule(index_t) const noexcept { return {}; }
 
   /// −‖k‖₂ per KV head and token (`[kv_heads][n]` from `ws`); the queries are not read.
@@ -91,9 +86,6 @@ class KNorm : public OneShot<KNorm> {
             .reduce = GroupReduce::mean,
             .layer = kv.layer()};
   }
-
- private:
-  Params params_;
 };
 
 }  // namespace kvevict

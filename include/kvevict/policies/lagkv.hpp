@@ -57,30 +57,27 @@ struct LagKVParams {
 /// scores (ranks of different partitions tie). Sums in double.
 ///
 /// - Complexity O(kv_heads · n · (d + d_v)); scratch from `ws`: kv_heads · n floats + 2 · lag.
-class LagKV : public OneShot<LagKV> {
+class LagKV : public OneShot<LagKV, LagKVParams> {
  public:
   static constexpr std::string_view name = "lagkv";
-  using Params = LagKVParams;
   static constexpr PolicyInfo info{
       .summary =
           "partition scored against the next one's min/max, no attention (Liang et al. 2025)",
       .reads = reads_keys | reads_values};
   static std::vector<Parameter<Params>> parameters() {
-    return {
-        param<&Params::n_sink>("n_sink", "≥ 0", "first tokens scored 1"),
-        param<&Params::lag>("lag", "≥ 2", "partition length"),
-        param<&Params::cross_scoring>("cross_scoring", "", "the scores, not their ranks"),
-        param<&Params::granularity>("granularity", "", "per_head, equal, shared, layers or pages")};
+    return {param<&Params::n_sink>("n_sink", "≥ 0", "first tokens scored 1"),
+            param<&Params::lag>("lag", "≥ 2", "partition length"),
+            param<&Params::cross_scoring>("cross_scoring", "", "the scores, not their ranks"),
+            param<&Params::granularity>("granularity", "", "unit of the choice")};
   }
 
-  LagKV() : LagKV(Params{}) {}
-  explicit LagKV(const Params& p) : params_(p) {
+  using OneShot::OneShot;
+  /// Throws `kvevict::error` naming the first invalid parameter (the constructors call it).
+  static void check(const Params& p) {
     detail::require(p.n_sink >= 0, "n_sink", "n_sink >= 0", p.n_sink);
     detail::require(p.lag >= 2, "lag", "lag >= 2 tokens", p.lag);
   }
-  const Params& params() const noexcept { return params_; }
 
-  Granularity granularity() const noexcept { return params_.granularity; }
   TopK rule(index_t) const noexcept { return {}; }
 
   /// LagKV's scores per KV head and token (`[kv_heads][n]` from `ws`).
@@ -180,8 +177,6 @@ class LagKV : public OneShot<LagKV> {
       sum += out[static_cast<std::size_t>(i)] = std::exp(out[static_cast<std::size_t>(i)] - max);
     for (index_t i = 0; i < lag; ++i) out[static_cast<std::size_t>(i)] /= sum;
   }
-
-  Params params_;
 };
 
 }  // namespace kvevict

@@ -130,10 +130,9 @@ constexpr NACLPresetRow nacl_preset_row(NACLPreset p) {
 ///   per head for top-k and sampling. Scratch from `ws`; no allocation once warm.
 /// - Errors: B < S + R unless B ≥ n; a candidate set smaller than C_p + C_r; `random_share`
 ///   outside [0, 1].
-class NACL : public OneShot<NACL> {
+class NACL : public OneShot<NACL, NACLParams> {
  public:
   static constexpr std::string_view name = "nacl";
-  using Params = NACLParams;
   static constexpr PolicyInfo info{
       .summary =
           "proxy-token top-k + attention-weighted random eviction, per head (Chen et al. 2024)",
@@ -144,21 +143,22 @@ class NACL : public OneShot<NACL> {
             param<&Params::random_share>("random_share", "[0, 1]",
                                          "share of the unprotected budget sampled"),
             param<&Params::causal>("causal", "", "proxies see only earlier keys"),
-            param<&Params::reduce>("reduce", "", "GQA reduction: sum, mean or max"),
-            param<&Params::granularity>("granularity", "", "per_head or shared"),
+            param<&Params::reduce>("reduce", "", "GQA reduction over a KV head's query heads"),
+            param<&Params::granularity>("granularity", "", "unit of the choice"),
             param<&Params::seed>("seed", "", "keys the sampling with the layer and head"),
-            param<&Params::preset>("preset", "",
-                                   "paper split: none, paper10, paper20, paper30, long_context")};
+            param<&Params::preset>(
+                "preset", "",
+                "the paper's split of the budget (overrides sinks, recent, random_share)")};
   }
 
-  NACL() : NACL(Params{}) {}
-  explicit NACL(const Params& p) : params_(p) {
+  using OneShot::OneShot;
+  /// Throws `kvevict::error` naming the first invalid parameter (the constructors call it).
+  static void check(const Params& p) {
     detail::require(p.sinks >= 0, "sinks", "sinks >= 0", p.sinks);
     detail::require(p.recent >= 0, "recent", "recent >= 0", p.recent);
     detail::require(p.random_share >= 0.0 && p.random_share <= 1.0, "random_share",
                     "a share in [0, 1]", p.random_share);
   }
-  const Params& params() const noexcept { return params_; }
 
   /// The protected regions, proxy count and random share for a cache of n tokens.
   NACLSplit split(index_t n) const noexcept {
@@ -217,7 +217,6 @@ class NACL : public OneShot<NACL> {
     }
   };
 
-  Granularity granularity() const noexcept { return params_.granularity; }
   Rule rule(index_t n) const noexcept { return {split(n), params_.seed}; }
 
   /// The proxy scores: the sum over the proxies' attention (the given window, or its last
@@ -231,9 +230,6 @@ class NACL : public OneShot<NACL> {
     return attention_scores(kv, proxies, {.reduce = WindowReduce::sum, .causal = params_.causal},
                             params_.reduce, ws, {sp.sinks, sp.recent});
   }
-
- private:
-  Params params_;
 };
 
 }  // namespace kvevict

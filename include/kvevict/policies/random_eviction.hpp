@@ -45,27 +45,26 @@ struct RandomEvictionParams {
 ///   random, leaves; each stored head draws from its own stream `RandomStream(seed, 0, head)`,
 ///   advancing step by step. O(slots) per step; no allocation after `start`.
 /// - Errors: B < sinks + recent unless B ≥ n (one-shot); B < sinks + recent (streaming).
-class RandomEviction : public OneShot<RandomEviction> {
+class RandomEviction : public OneShot<RandomEviction, RandomEvictionParams> {
  public:
   static constexpr std::string_view name = "random";
-  using Params = RandomEvictionParams;
   static constexpr PolicyInfo info{
       .summary = "uniform random eviction (baseline)", .streaming = true, .scores = false};
   static std::vector<Parameter<Params>> parameters() {
     return {param<&Params::sinks>("sinks", "≥ 0", "first tokens always kept"),
             param<&Params::recent>("recent", "≥ 0", "last tokens always kept"),
             param<&Params::seed>("seed", "", "keys the random streams with the layer and head"),
-            param<&Params::granularity>("granularity", "", "per_head or shared (one draw)")};
+            param<&Params::granularity>("granularity", "",
+                                        "unit of the choice (shared: one draw for all heads)")};
   }
 
-  RandomEviction() : RandomEviction(Params{}) {}
-  explicit RandomEviction(const Params& p) : params_(p) {
+  using OneShot::OneShot;
+  /// Throws `kvevict::error` naming the first invalid parameter (the constructors call it).
+  static void check(const Params& p) {
     detail::require(p.sinks >= 0, "sinks", "sinks >= 0", p.sinks);
     detail::require(p.recent >= 0, "recent", "recent >= 0", p.recent);
   }
-  const Params& params() const noexcept { return params_; }
 
-  Granularity granularity() const noexcept { return params_.granularity; }
   Uniform rule(index_t) const noexcept {
     return {.keep = {params_.sinks, params_.recent}, .seed = params_.seed};
   }
@@ -110,9 +109,6 @@ class RandomEviction : public OneShot<RandomEviction> {
       }
     }
   }
-
- private:
-  Params params_;
 };
 
 }  // namespace kvevict

@@ -89,31 +89,30 @@ std::span<float> snapkv_scores(const KVCache<T>& kv, const QueryWindow<query_typ
 ///   pooling + O(n) selection per head. Scratch from `ws` (see `window_attention`), plus
 ///   2 · q_heads · n floats; no allocation once `ws` and `out` are warm.
 /// - Errors: `queries.window` < w; B < w (the window cannot be kept) unless B ≥ n.
-class SnapKV : public OneShot<SnapKV> {
+class SnapKV : public OneShot<SnapKV, SnapKVParams> {
  public:
   static constexpr std::string_view name = "snapkv";
-  using Params = SnapKVParams;
   static constexpr PolicyInfo info{
       .summary = "pooled observation-window attention (Li et al. 2024)",
       .reads = reads_keys | reads_queries};
   static std::vector<Parameter<Params>> parameters() {
-    return {param<&Params::window>("window", "≥ 1",
-                                   "observation window: the last queries, always kept"),
-            param<&Params::kernel>("kernel", "≥ 1", "pooling kernel"),
-            param<&Params::pool>("pool", "", "pooling: max or avg"),
-            param<&Params::reduce>("reduce", "", "GQA reduction: mean, max or sum"),
-            param<&Params::granularity>("granularity", "", "per_head or shared"),
-            param<&Params::ada>("ada", "", "AdaKV head-adaptive budgets"),
-            param<&Params::alpha_safeguard>("alpha_safeguard", "[0, 1]",
-                                            "AdaKV: minimum share of the budget per head"),
-            param<&Params::safeguard>("safeguard", "", "AdaKV safeguard rule: kvpress or adakv")};
+    return {
+        param<&Params::window>("window", "≥ 1",
+                               "observation window: the last queries, always kept"),
+        param<&Params::kernel>("kernel", "≥ 1", "pooling kernel"),
+        param<&Params::pool>("pool", "", "pooling over neighbouring tokens"),
+        param<&Params::reduce>("reduce", "", "GQA reduction over a KV head's query heads"),
+        param<&Params::granularity>("granularity", "", "unit of the choice"),
+        param<&Params::ada>("ada", "", "AdaKV head-adaptive budgets"),
+        param<&Params::alpha_safeguard>("alpha_safeguard", "[0, 1]",
+                                        "AdaKV: minimum share of the budget per head"),
+        param<&Params::safeguard>(
+            "safeguard", "", "AdaKV safeguard rule (whose: kvpress's or the AdaKV repository's)")};
   }
 
-  SnapKV() : SnapKV(Params{}) {}
-  explicit SnapKV(const Params& p) : params_(p) { detail::check_snapkv(p); }
-  const Params& params() const noexcept { return params_; }
+  using OneShot::OneShot;
+  static void check(const Params& p) { detail::check_snapkv(p); }
 
-  Granularity granularity() const noexcept { return params_.granularity; }
   TopK rule(index_t) const noexcept { return {}; }
   Protected protect(index_t) const noexcept {
     return {.recent = params_.window, .recent_name = "window"};
@@ -147,9 +146,6 @@ class SnapKV : public OneShot<SnapKV> {
             .protect = protect(kv.tokens()),
             .layer = kv.layer()};
   }
-
- private:
-  Params params_;
 };
 
 }  // namespace kvevict

@@ -44,10 +44,9 @@ struct StreamingLLMParams {
 /// - Errors: B < S (the budget cannot hold the sinks) is a `kvevict::error` unless B ≥ n.
 /// - Threading: `select` is const and may run concurrently; the streaming state belongs to one
 ///   sequence.
-class StreamingLLM : public OneShot<StreamingLLM> {
+class StreamingLLM : public OneShot<StreamingLLM, StreamingLLMParams> {
  public:
   static constexpr std::string_view name = "streaming_llm";
-  using Params = StreamingLLMParams;
   static constexpr PolicyInfo info{.summary = "attention sinks + recent window (Xiao et al. 2023)",
                                    .streaming = true,
                                    .scores = false};
@@ -55,11 +54,11 @@ class StreamingLLM : public OneShot<StreamingLLM> {
     return {param<&Params::sinks>("sinks", "≥ 0", "first tokens always kept")};
   }
 
-  StreamingLLM() : StreamingLLM(Params{}) {}
-  explicit StreamingLLM(const Params& p) : params_(p) {
+  using OneShot::OneShot;
+  /// Throws `kvevict::error` naming the first invalid parameter (the constructors call it).
+  static void check(const Params& p) {
     detail::require(p.sinks >= 0, "sinks", "sinks >= 0", p.sinks);
   }
-  const Params& params() const noexcept { return params_; }
 
   // ---- one-shot: keeps [0, S) ∪ [n − (B − S), n), shared by all heads ----------------------
 
@@ -101,9 +100,6 @@ class StreamingLLM : public OneShot<StreamingLLM> {
     --st.size;
     core.evict(0, oldest);
   }
-
- private:
-  Params params_;
 };
 
 }  // namespace kvevict

@@ -47,25 +47,22 @@ struct TOVAParams {
 ///   selection; scratch from `ws`; no allocation once warm.
 /// - streaming: `start` allocates O(kv_heads · slots); `observe` is O(q_heads · slots), no
 ///   allocation.
-class TOVA : public OneShot<TOVA> {
+class TOVA : public OneShot<TOVA, TOVAParams> {
  public:
   static constexpr std::string_view name = "tova";
-  using Params = TOVAParams;
   static constexpr PolicyInfo info{
       .summary = "last query's head-mean attention, shared set (Oren et al. 2024)",
       .reads = reads_keys | reads_queries | reads_attention_rows,
       .streaming = true};
   static std::vector<Parameter<Params>> parameters() {
-    return {param<&Params::granularity>("granularity", "", "shared (the paper's) or per_head")};
+    return {param<&Params::granularity>("granularity", "",
+                                        "unit of the choice (shared is the paper's)")};
   }
 
-  TOVA() : TOVA(Params{}) {}
-  explicit TOVA(const Params& p) : params_(p) {}
-  const Params& params() const noexcept { return params_; }
+  using OneShot::OneShot;
 
   // ---- one-shot: score → TopK --------------------------------------------------------------
 
-  Granularity granularity() const noexcept { return params_.granularity; }
   TopK rule(index_t) const noexcept { return {}; }
 
   /// The last query's attention per query head (`[q_heads][n]` from `ws`), reduced by mean.
@@ -108,9 +105,6 @@ class TOVA : public OneShot<TOVA> {
       core.evict(h, core.lowest(h, st.score.data(), [](index_t) { return true; }));
     }
   }
-
- private:
-  Params params_;
 };
 
 }  // namespace kvevict
