@@ -221,12 +221,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         name, {.settings = settings,
                .seed = seed,
                .granularity = shared ? std::optional(Granularity::shared) : std::nullopt});
-    std::visit(
-        [&](const auto& p) {
-          using P = std::decay_t<decltype(p)>;
-          if constexpr (StreamingPolicy<P>) drive(p, in);
-        },
-        policy);
+    policy.visit([&](const auto& p) {
+      using P = std::decay_t<decltype(p)>;
+      if constexpr (StreamingPolicy<P>) drive(p, in);
+    });
   } catch (const kvevict::error& e) {
     check_message(e);
   }

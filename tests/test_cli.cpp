@@ -17,6 +17,14 @@
 namespace kvevict::test {
 namespace {
 
+/// The library's policies: what the command knows (this test program also registers its own,
+/// test_registry.cpp, which the command does not have).
+std::vector<std::string_view> library_policy_names() {
+  std::vector<std::string_view> names;
+  for_each_policy([&]<class P>() { names.push_back(P::name); });
+  return names;
+}
+
 namespace fs = std::filesystem;
 
 struct Result {
@@ -227,8 +235,8 @@ TEST_F(Cli, NaclPresetAndSeed) {
   EXPECT_EQ(run(args).out, r.out);  // reproducible
   const Result bad = run("select --policy nacl --ratio 0.5 --set preset=paper25 " + inputs());
   EXPECT_EQ(bad.err,
-            "kvevict: preset: expected one of none, paper10, paper20, paper30, long_context, got "
-            "'paper25'\n");
+            "kvevict: preset (in policy 'nacl:preset=paper25'): expected one of none, paper10, "
+            "paper20, paper30, long_context, got 'paper25'\n");
 }
 
 TEST_F(Cli, CriticalKVReadsTheOutputProjection) {
@@ -284,8 +292,8 @@ TEST_F(Cli, EvalWritesTableCsvAndPlot) {
   text << plot.rdbuf();
   EXPECT_NE(text.str().find("data-series=\"corm (kept "), std::string::npos);  // budget-free
   EXPECT_EQ(run("eval --workload default --set snapkv.windw=4 --policies snapkv").err,
-            "kvevict: --set: expected a parameter of snapkv (window, kernel, pool, reduce, "
-            "granularity, ada, alpha_safeguard, safeguard), got 'windw'\n");
+            "kvevict: windw (in policy 'snapkv:windw=4'): expected a parameter of snapkv (window, "
+            "kernel, pool, reduce, granularity, ada, alpha_safeguard, safeguard), got 'windw'\n");
   EXPECT_EQ(run("eval --workload default --set h2o.recent=4 --policies snapkv").err,
             "kvevict: --set: expected settings for a policy in --policies, got 'h2o'\n");
   EXPECT_EQ(run("eval --workload default --mode streaming").err,
@@ -328,17 +336,37 @@ TEST_F(Cli, DemoWritesItsFiles) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(fs::exists(dir_ / "kvevict-demo.csv"));
   EXPECT_TRUE(fs::exists(dir_ / "kvevict-demo.svg"));
-  for (auto name : policy_names()) EXPECT_NE(r.out.find(std::string(name)), std::string::npos);
+  for (auto name : library_policy_names())
+    EXPECT_NE(r.out.find(std::string(name)), std::string::npos);
   EXPECT_NE(r.out.find("wrote "), std::string::npos);
 }
 
 TEST_F(Cli, ListShowsEveryPolicyAndItsDefaults) {
   const Result r = run("list");
   ASSERT_EQ(r.code, 0);
-  for (auto name : policy_names())
+  for (auto name : library_policy_names())
     EXPECT_NE(r.out.find(std::string(name)), std::string::npos) << name;
   EXPECT_NE(r.out.find("kernel             7"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("pool               max "), std::string::npos) << r.out;
+  // Every parameter line is generated from the registry's metadata (issue 33.6): an enum lists
+  // the values that parse (test_registry checks those against the policies' validation).
+  for (const PolicyEntry* e : policy_entries()) {
+    if (!e->builtin) continue;
+    const auto at = r.out.find(std::string(e->name) + " ");
+    ASSERT_NE(at, std::string::npos) << e->name;
+    for (const ParameterInfo& p : e->parameters) {
+      std::string accepts = p.range;
+      if (!p.values.empty()) {
+        accepts = "one of ";
+        for (std::size_t i = 0; i < p.values.size(); ++i) accepts += (i ? ", " : "") + p.values[i];
+      }
+      EXPECT_NE(r.out.find(p.doc + (accepts.empty() ? "" : "; " + accepts) + "\n", at),
+                std::string::npos)
+          << e->name << "." << p.name;
+    }
+  }
+  EXPECT_NE(r.out.find("one of per_head, equal, shared, layers\n"), std::string::npos)
+      << "cascade's granularity";
 }
 
 TEST_F(Cli, ReplayReportsKeptTokensAndErrors) {
@@ -365,7 +393,7 @@ TEST_F(Cli, ReplayReportsKeptTokensAndErrors) {
 /// "streaming_llm, random, …": every policy name, as the command lists them in errors.
 std::string known_policies() {
   std::string out;
-  for (auto name : policy_names()) out += (out.empty() ? "" : ", ") + std::string(name);
+  for (auto name : library_policy_names()) out += (out.empty() ? "" : ", ") + std::string(name);
   return out;
 }
 
@@ -399,17 +427,23 @@ TEST_F(Cli, BadInputExitsWithOneLineAndWritesNothing) {
       {"select --policy snapkv --budget 3 --set window=4 " + inputs(),
        "kvevict: budget: expected at least window (4) tokens, got 3\n"},
       {"select --policy snapkv --budget 10 --set windw=4 " + inputs(),
-       "kvevict: --set: expected a parameter of snapkv (window, kernel, pool, reduce, "
-       "granularity, ada, alpha_safeguard, safeguard), got 'windw'\n"},
+       "kvevict: windw (in policy 'snapkv:windw=4'): expected a parameter of snapkv (window, "
+       "kernel, pool, reduce, granularity, ada, alpha_safeguard, safeguard), got 'windw'\n"},
+      {"select --policy snapkv:windw=4 --budget 10 " + inputs(),  // the library's syntax
+       "kvevict: windw (in policy 'snapkv:windw=4'): expected a parameter of snapkv (window, "
+       "kernel, pool, reduce, granularity, ada, alpha_safeguard, safeguard), got 'windw'\n"},
+      {"select --policy snapkv:window=8 --budget 10 --set window=4 " + inputs(),
+       "kvevict: window (in policy 'snapkv:window=4,window=8'): expected each parameter set "
+       "once, got '4' and then '8'\n"},
       {"select --policy snapkv --budget 10 --set pool=min " + inputs(),
-       "kvevict: pool: expected one of max, avg, got 'min'\n"},
+       "kvevict: pool (in policy 'snapkv:pool=min'): expected one of max, avg, got 'min'\n"},
       {"select --policy snapkv --budget 10 --set window=x " + inputs(),
-       "kvevict: window: expected an integer, got 'x'\n"},
+       "kvevict: window (in policy 'snapkv:window=x'): expected an integer, got 'x'\n"},
       {"select --policy h3o --budget 10 " + inputs(),
        "kvevict: policy: expected one of " + known_policies() + ", got 'h3o'\n"},
       {"select --policy snapkv --budget 10 --bogus 1 " + inputs(),
        "kvevict: arguments: expected one of --policy --keys --values --queries --wo --budget "
-       "--ratio --set --seed --shared --granularity --out --kv-format --threads, got "
+       "--ratio --set --seed --shared --granularity --page-size --out --kv-format --threads, got "
        "'--bogus'\n"},
       {"select --policy snapkv --budget 10 --keys " + path("k.npy"),
        "kvevict: --values: expected to be given, got nothing\n"},
@@ -486,8 +520,8 @@ TEST_F(Cli, BadInputExitsWithOneLineAndWritesNothing) {
       {"eval --workload default --mode sideways",
        "kvevict: --mode: expected one-shot or replay, got 'sideways'\n"},
       {"eval --workload default --set snapkv.windw=3 --policies snapkv",
-       "kvevict: --set: expected a parameter of snapkv (window, kernel, pool, reduce, "
-       "granularity, ada, alpha_safeguard, safeguard), got 'windw'\n"},
+       "kvevict: windw (in policy 'snapkv:windw=3'): expected a parameter of snapkv (window, "
+       "kernel, pool, reduce, granularity, ada, alpha_safeguard, safeguard), got 'windw'\n"},
       {"replay --policy corm --budget 10 " + inputs("k.npy", "v.npy", "q_all.npy"),
        "kvevict: budget: expected none: corm is budget-free, got 10\n"},
       {"replay --policy h2o --budget 10 " + inputs(),

@@ -186,7 +186,8 @@ TEST(Granularity, EveryScoringPolicyOffersEveryGranularityOnEveryLayout) {
     for (const Granularity g : all_values(Granularity{})) {
       if (std::string_view(P::name) == "cascade" && g == Granularity::pages) {
         expect_error([&] { make_policy(P::name, {.granularity = g}); },
-                     "granularity: expected per_head, equal, shared or layers (cascade counts "
+                     "granularity (in policy 'cascade'): expected per_head, equal, shared or "
+                     "layers (cascade counts "
                      "tokens, not pages), got pages");
         ++checked;
         continue;

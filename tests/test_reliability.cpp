@@ -142,7 +142,7 @@ TEST(Issue22, EveryStreamingPolicyIgnoresItsFailedCalls) {
             P::name, {.settings = small_settings<P>(),
                       .seed = 7,
                       .granularity = shared ? Granularity::shared : Granularity::per_head});
-        const P& p = std::get<P>(any);
+        const P& p = *any.template target<P>();
         const bool free = budget_free(any);
         const StreamConfig config{
             .kv_heads = 2, .q_heads = 4, .budget = free ? 0 : 12, .capacity = free ? 16 : 0};

@@ -89,7 +89,7 @@ inline std::uint64_t seed(const Args& args) {
   return static_cast<std::uint64_t>(s);
 }
 
-/// `--granularity per_head|shared` (or its older spelling `--shared`), when given.
+/// `--granularity per_head|equal|shared|layers|pages` (or `--shared`), when given.
 inline std::optional<Granularity> granularity(const Args& args) {
   if (args.has("--granularity")) {
     if (args.has("--shared")) fail("--granularity", "either --granularity or --shared", "both");
@@ -99,10 +99,16 @@ inline std::optional<Granularity> granularity(const Args& args) {
   return std::nullopt;
 }
 
-/// The policy `--policy` names, with `--set`, `--seed`, `--granularity`/`--shared` and W_o.
+/// The policy of `--policy` — a config string as the library parses it (`snapkv:window=16`) —
+/// with `--set` settings before the string's, `--seed`, `--granularity`/`--shared` and W_o.
 inline AnyPolicy policy_from(const Args& args, const OutputProjection* wo) {
-  return make_policy(
-      args.get("--policy"),
+  const std::string spec = args.get("--policy");
+  const std::string_view name =
+      kvevict::detail::trim(std::string_view(spec).substr(0, spec.find(':')));
+  if ((policy_info(name).reads & reads_output_projection) != 0 && wo == nullptr)
+    fail("--wo", cat("the output projection W_o for ", name), "none");
+  return parse_policy(
+      spec,
       {.settings = settings(args), .seed = seed(args), .granularity = granularity(args), .wo = wo});
 }
 
@@ -290,7 +296,7 @@ class Json {
 inline void params_json(Json& j, const AnyPolicy& policy) {
   j.raw("{");
   bool first = true;
-  for (const auto& [name, value] : describe(policy)) {
+  for (const auto& [name, value] : policy.describe()) {
     j.raw(first ? "" : ", ").key(name).raw(value);
     first = false;
   }

@@ -142,7 +142,10 @@ std::vector<eval::Row> execute(const Plan& plan) {
           }
           rows.push_back(eval::run(layer, policy, budget, plan.mode, ws,
                                    {.window = plan.replay_window}, plan.page_size, plan.kv_format));
-          if (several) rows.back().policy += "/" + std::string(to_string(granularity_of(policy)));
+          if (several) {  // appended piecewise: GCC 12's -Wrestrict misfires on "/" + string
+            rows.back().policy += '/';
+            rows.back().policy += to_string(policy.granularity());
+          }
           ++done;
         }
       }
@@ -285,6 +288,8 @@ int eval_command(int argc, char** argv) {
     plan.mode = eval::Mode::replay;
   else if (mode != "one-shot")
     fail("--mode", "one-shot or replay", "'", mode, "'");
+  if (plan.mode == eval::Mode::replay && plan.kv_format != eval::KVFormat::none)
+    fail("--kv-format", "one-shot mode (replays run on fp32)", eval::to_string(plan.kv_format));
   const auto names = policy_names();
   if (args.has("--policies")) {
     for (const auto& p : split(args.get("--policies"), ',')) plan.policies.push_back(p);

@@ -12,17 +12,18 @@
 #include "error.hpp"
 #include "executor.hpp"
 #include "kv_cache.hpp"
+#include "policy.hpp"
 #include "query_window.hpp"
-#include "registry.hpp"
 #include "selection.hpp"
 #include "workspace.hpp"
 
 namespace kvevict {
 
-/// Runs `policy`'s one-shot selection on every view: `out[i]` from `caches[i]` and
-/// `queries[i]` at `budget`. The views may be layers of one sequence or of several (each keeps
-/// its own layer index, so seeded policies differ per layer as in single calls); every result is
-/// exactly what `select(policy, caches[i], queries[i], budget, out[i], ws)` gives.
+/// Runs `policy`'s one-shot selection (a policy type, or an `AnyPolicy`) on every view: `out[i]`
+/// from `caches[i]` and `queries[i]` at `budget`. The views may be layers of one sequence or of
+/// several (each keeps its own layer index, so seeded policies differ per layer as in single
+/// calls); every result is exactly what `select(policy, caches[i], queries[i], budget, out[i], ws)`
+/// gives.
 ///
 /// Threads: with an executor on `ws` and more than one view, views run as parallel tasks, each
 /// on its worker's scratch (`ws.worker(w)`, serial inside); with one view the executor splits
@@ -31,8 +32,9 @@ namespace kvevict {
 /// All or nothing: when any view fails, every `out[i]` is left incomplete and the error of the
 /// lowest failing index is thrown (the one a loop of single calls would throw first).
 /// Throws `kvevict::error` when the three spans differ in length.
-template <Element T>
-void select_layers(const AnyPolicy& policy, std::span<const KVCache<T>> caches,
+template <Element T, class P>
+requires selects_from_window<P, T>
+void select_layers(const P& policy, std::span<const KVCache<T>> caches,
                    std::span<const QueryWindow<query_type<T>>> queries, Budget budget,
                    std::span<Selection> out, Workspace& ws) {
   if (queries.size() != caches.size())
@@ -46,13 +48,13 @@ void select_layers(const AnyPolicy& policy, std::span<const KVCache<T>> caches,
     if (exec == nullptr || exec->workers() <= 1 || count <= 1) {
       for (index_t i = 0; i < count; ++i) {
         const auto u = static_cast<std::size_t>(i);
-        select(policy, caches[u], queries[u], budget, out[u], ws);
+        policy.select(caches[u], queries[u], budget, out[u], ws);
       }
     } else {
       ws.prepare_workers(exec->workers());
       detail::run_tasks(exec, count, [&](index_t i, index_t worker) {
         const auto u = static_cast<std::size_t>(i);
-        select(policy, caches[u], queries[u], budget, out[u], ws.worker(worker));
+        policy.select(caches[u], queries[u], budget, out[u], ws.worker(worker));
       });
     }
   } catch (...) {

@@ -7,6 +7,7 @@
 /// policies and the registry.
 
 // Views and the policy contract.
+#include "any_policy.hpp"
 #include "batch.hpp"
 #include "budget.hpp"
 #include "choose.hpp"

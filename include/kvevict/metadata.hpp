@@ -24,6 +24,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <vector>
 
 #include "error.hpp"
 
@@ -60,6 +61,9 @@ struct Parameter {
   std::string_view doc;
   void (*set)(Params&, std::string_view name, std::string_view text);
   std::string (*get)(const Params&);
+  /// For an enum, the name of every value (the registry tries each against the policy's
+  /// validation to list the ones it accepts); empty for other types.
+  std::vector<std::string_view> (*values)();
 };
 
 namespace detail {
@@ -193,7 +197,13 @@ Parameter<typename detail::member_traits<decltype(M)>::Class> param(std::string_
           [](Params& p, std::string_view key, std::string_view text) {
             p.*M = detail::parse_value<V>(key, text);
           },
-          [](const Params& p) { return detail::json_of<V>(p.*M); }};
+          [](const Params& p) { return detail::json_of<V>(p.*M); },
+          [] {
+            std::vector<std::string_view> names;
+            if constexpr (std::is_enum_v<V>)
+              for (V v : all_values(V{})) names.push_back(to_string(v));
+            return names;
+          }};
 }
 
 }  // namespace kvevict

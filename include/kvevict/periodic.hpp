@@ -22,14 +22,18 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <span>
+#include <string>
 #include <vector>
 
+#include "budget.hpp"
 #include "compact.hpp"
 #include "error.hpp"
 #include "kv_cache.hpp"
+#include "metadata.hpp"
+#include "policy.hpp"
 #include "query_window.hpp"
-#include "registry.hpp"
 #include "selection.hpp"
 #include "workspace.hpp"
 
@@ -57,15 +61,22 @@ template <FloatElement T>
 class PeriodicDriver {
  public:
   /// `policy`: a one-shot policy that needs a budget (streaming and budget-free ones are
-  /// refused); `budget` B ≥ 1 tokens per KV head; `every` N ≥ 1; `slots.tokens() == B + N`.
-  PeriodicDriver(AnyPolicy policy, index_t budget, index_t every, const KVCache<T>& slots)
-      : policy_(std::move(policy)), budget_(budget), every_(every), slots_(slots) {
-    if (std::visit([](const auto& p) { return StreamingPolicy<std::decay_t<decltype(p)>>; },
-                   policy_))
+  /// refused) — a policy type, or an `AnyPolicy` (any_policy.hpp); it is copied. `budget`
+  /// B ≥ 1 tokens per KV head; `every` N ≥ 1; `slots.tokens() == B + N`.
+  template <class P>
+  requires selects_from_window<P, T> PeriodicDriver(const P& policy, index_t budget, index_t every,
+                                                    const KVCache<T>& slots)
+      : select_([policy](const KVCache<T>& kv, const QueryWindow<query_type<T>>& q, Budget b,
+                         Selection& out, Workspace& ws) { policy.select(kv, q, b, out, ws); }),
+        budget_(budget),
+        every_(every),
+        slots_(slots) {
+    const PolicyInfo& info = info_of_policy(policy);
+    const std::string name(name_of_policy(policy));
+    if (info.streaming)
       detail::fail("policy", "a one-shot policy (a streaming one evicts at every step itself)",
-                   name_of(policy_));
-    if (budget_free(policy_))
-      detail::fail("policy", "a policy that takes a budget", name_of(policy_));
+                   name);
+    if (info.budget_free) detail::fail("policy", "a policy that takes a budget", name);
     detail::require(budget >= 1, "budget", "at least 1 token per KV head", budget);
     detail::require(every >= 1, "every", "at least 1 token between compressions", every);
     if (slots.tokens() != budget + every)
@@ -109,7 +120,7 @@ class PeriodicDriver {
   index_t observe(const QueryWindow<query_type<T>>& recent, Workspace& ws) {
     if (size_ < budget_ + every_) return 0;
     const KVCache<T> kv = slots_.with_tokens(size_);
-    kvevict::select(policy_, kv, recent, Budget::tokens(budget_), sel_, ws);
+    select_(kv, recent, Budget::tokens(budget_), sel_, ws);
     for (index_t h = 1; h < kv.kv_heads(); ++h)
       if (sel_.size(h) != sel_.size(0))
         detail::fail("policy",
@@ -140,7 +151,9 @@ class PeriodicDriver {
   }
 
  private:
-  AnyPolicy policy_;
+  std::function<void(const KVCache<T>&, const QueryWindow<query_type<T>>&, Budget, Selection&,
+                     Workspace&)>
+      select_;
   index_t budget_, every_;
   KVCache<T> slots_;
   std::vector<std::int64_t> positions_;

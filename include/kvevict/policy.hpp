@@ -46,6 +46,7 @@
 #include "element.hpp"
 #include "error.hpp"
 #include "kv_cache.hpp"
+#include "metadata.hpp"
 #include "query_window.hpp"
 #include "scores.hpp"
 #include "selection.hpp"
@@ -151,6 +152,24 @@ concept EvictionPolicy = Element<T> && named_policy<P> && selects_from_window<P,
 /// told of each new token and the attention its query produced, and says which slots to evict.
 template <class P>
 concept StreamingPolicy = named_policy<P> && starts_sequences<P>;
+
+/// The name of a policy type's object, or of an `AnyPolicy` (its `name()`).
+template <class P>
+std::string_view name_of_policy(const P& p) {
+  if constexpr (requires { p.name(); })
+    return p.name();
+  else
+    return P::name;
+}
+
+/// The metadata of a policy type's object, or of an `AnyPolicy` (its `info()`).
+template <class P>
+const PolicyInfo& info_of_policy(const P& p) {
+  if constexpr (requires { p.info(); })
+    return p.info();
+  else
+    return P::info;
+}
 
 namespace detail {
 

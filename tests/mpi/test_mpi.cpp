@@ -102,7 +102,7 @@ int main(int argc, char** argv) {
                         MPI_SUM, MPI_COMM_WORLD);
           p.choose(whole_layer(s, where, buffer), budget, got, ws);
           ++cases;
-        }(std::get<P>(local));
+        }(*local.template target<P>());
         if (!got.complete()) continue;
         check(flatten(got) == flatten(want),
               what + ": sharded selection equals the single process's", rank);

@@ -157,28 +157,14 @@ inline Row run(const Layer& layer, const AnyPolicy& policy, Budget budget, Mode 
   if (mode == Mode::one_shot) {
     const KVCache<float> kv = layer.cache();
     // Policies with an observation window of their own (SnapKV, CriticalKV) get that many.
-    const index_t own = std::visit(
-        [](const auto& p) -> index_t {
-          if constexpr (requires { p.params().window; }) return p.params().window;
-          return 0;
-        },
-        policy);
-    const auto window = layer.window_queries(own);
+    const auto window = layer.window_queries(policy.window());
     // The fastest of three calls: the first sizes the workspace, the next touch its pages.
     row.time_ms = std::numeric_limits<double>::infinity();
     const auto one = [&] {
-      if (granularity_of(policy) != Granularity::pages)
-        return select(policy, kv, window, budget, sel, ws);
-      std::visit(
-          [&](const auto& p) {
-            if constexpr (decltype(p.rule(0))::reads_scores) {
-              Workspace::Frame frame(ws);
-              p.choose(p.score(kv, window, Granularity::pages, ws), budget, sel, ws, page_size);
-            } else {
-              select(policy, kv, window, budget, sel, ws);  // position-only: no pages to score
-            }
-          },
-          policy);
+      if (policy.granularity() != Granularity::pages || !policy.reads_scores())
+        return policy.select(kv, window, budget, sel, ws);  // position-only: no pages to score
+      Workspace::Frame frame(ws);
+      policy.choose(policy.score(kv, window, Granularity::pages, ws), budget, sel, ws, page_size);
     };
     for (int i = 0; i < 3; ++i) {
       const auto t0 = clock::now();
@@ -216,8 +202,7 @@ inline Row run(const Layer& layer, const AnyPolicy& policy, Budget budget, Mode 
     }
   } else {
     if (format != KVFormat::none)
-      kvevict::detail::fail("--kv-format", "one-shot mode (replays run on fp32)",
-                            to_string(format));
+      kvevict::detail::fail("format", "one-shot mode (replays run on fp32)", to_string(format));
     if (!layer.replayable())
       kvevict::detail::fail("queries", "the query of every context position for a replay",
                             layer.query_positions, " positions of ", layer.n);

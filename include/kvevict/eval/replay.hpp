@@ -31,6 +31,7 @@
 #include <cmath>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "../kvevict.hpp"
@@ -254,29 +255,23 @@ inline ReplayResult replay(const AnyPolicy& policy, const DecodeTrace& trace,
                               " n=", trace.n, " d=", trace.d));
   if (options.window < 1) fail("window", "at least 1 query", options.window);
   if (options.every < 1) fail("every", "at least 1 token between compressions", options.every);
-  return std::visit(
-      [&](const auto& p) -> ReplayResult {
-        using P = std::decay_t<decltype(p)>;
-        if constexpr (P::info.budget_free) {
-          if (budget)
-            fail("budget", kvevict::detail::cat("none: ", P::name, " is budget-free"), *budget);
-        } else {
-          if (!budget) fail("budget", kvevict::detail::cat("a token budget for ", P::name), "none");
-          if (*budget < 1) fail("budget", "a token count >= 1", *budget);
-        }
-        // A budget of n or more evicts nothing: n slots are enough.
-        const std::optional<index_t> b =
-            budget ? std::optional<index_t>(std::min(*budget, trace.n)) : std::nullopt;
-        if constexpr (StreamingPolicy<P>) {
-          if (options.every != 1)
-            fail("every", kvevict::detail::cat("1: ", P::name, " evicts at every step"),
-                 options.every);
-          return detail::replay_streaming(p, trace, b);
-        } else {
-          return detail::replay_one_shot(p, trace, *b, options);
-        }
-      },
-      policy);
+  const PolicyInfo& info = policy.info();
+  const std::string name(policy.name());
+  if (info.budget_free) {
+    if (budget) fail("budget", kvevict::detail::cat("none: ", name, " is budget-free"), *budget);
+  } else {
+    if (!budget) fail("budget", kvevict::detail::cat("a token budget for ", name), "none");
+    if (*budget < 1) fail("budget", "a token count >= 1", *budget);
+  }
+  // A budget of n or more evicts nothing: n slots are enough.
+  const std::optional<index_t> b =
+      budget ? std::optional<index_t>(std::min(*budget, trace.n)) : std::nullopt;
+  if (info.streaming) {
+    if (options.every != 1)
+      fail("every", kvevict::detail::cat("1: ", name, " evicts at every step"), options.every);
+    return detail::replay_streaming(policy, trace, b);
+  }
+  return detail::replay_one_shot(policy, trace, *b, options);
 }
 
 }  // namespace kvevict::eval

@@ -540,8 +540,7 @@ class Session {
       detail::fail("scores", detail::cat("scores of the ", cached(), " cached tokens"),
                    scores.tokens(), " tokens");
     const auto t0 = clock::now();
-    Choice c{.budget = budget, .granularity = Granularity::layers, .combine = combine};
-    std::visit([&](const auto& p) { choose_with(p, scores.layers(), c); }, policy);
+    policy.choose_layers(scores.layers(), budget, selection_, ws_, combine);
     timing_.kvevict += seconds_since(t0);
     apply(selection_, mode);
     return selection_;
@@ -567,7 +566,7 @@ class Session {
                                    .capacity = free ? budget + 1 : 0}));
     capture_.probabilities = true;
     stream_mode_ = mode;
-    const index_t slots = std::visit([](const auto& s) { return s.slots(); }, *stream_);
+    const index_t slots = stream_->slots();
     slot_cell_.assign(static_cast<std::size_t>(slots), -1);
     slot_original_.assign(static_cast<std::size_t>(slots), -1);
     rows_.assign(static_cast<std::size_t>(shape_.layers * shape_.heads * slots), 0.0f);
@@ -695,29 +694,10 @@ class Session {
   template <Element T>
   Scores score_layer(const AnyPolicy& policy, const KVCache<T>& kv,
                      const QueryWindow<query_type<T>>& q, index_t l) {
-    return std::visit(
-        [&](const auto& p) -> Scores {
-          using P = std::decay_t<decltype(p)>;
-          if constexpr (std::is_same_v<P, CriticalKV>) {
-            const OutputProjection wo = wo_->layer(l);
-            const CriticalKV with_wo(p.params(), wo);  // the same parameters, this layer's W_o
-            return with_wo.score(kv, q, Granularity::layers, ws_);
-          } else if constexpr (decltype(p.rule(0))::reads_scores) {
-            return p.score(kv, q, Granularity::layers, ws_);
-          } else {
-            return Scores{.tokens = kv.tokens(), .kv_heads = kv.kv_heads(), .layer = l};
-          }
-        },
-        policy);
-  }
-
-  template <class P>
-  void choose_with(const P& p, std::span<const Scores> layers, Choice c) {
-    std::vector<Scores> with(layers.begin(), layers.end());
-    for (Scores& s : with)  // the policy's own protected regions hold in every layer
-      if constexpr (requires { p.protect(s.tokens); })
-        s.protect = unite(s.protect, p.protect(s.tokens));
-    kvevict::choose(std::span<const Scores>(with), c, p.rule(layers[0].tokens), selection_, ws_);
+    if ((policy.info().reads & reads_output_projection) == 0)
+      return policy.score(kv, q, Granularity::layers, ws_);
+    // The same parameters with this layer's W_o.
+    return policy.with_output_projection(wo_->layer(l)).score(kv, q, Granularity::layers, ws_);
   }
 
   void decode(std::span<const llama_token> tokens, bool all_logits = false) {
@@ -741,7 +721,7 @@ class Session {
     std::span<const token_t> slot;
     if (streaming) {
       const auto t0 = clock::now();
-      slot = std::visit([&](auto& s) { return s.append(next_original_); }, *stream_);
+      slot = stream_->append(next_original_);
       timing_.kvevict += seconds_since(t0);
     }
     const auto t0 = clock::now();
@@ -779,7 +759,7 @@ class Session {
       }
     }
     const AttentionRows rows{rows_.data(), shape_.layers * shape_.heads, slots, slots};
-    const Evictions ev = std::visit([&](auto& s) { return s.observe(rows); }, *stream_);
+    const Evictions ev = stream_->observe(rows);
     if (on_step) on_step(original_.back(), rows, ev);
     std::vector<std::int64_t> gone;
     for (token_t s : ev.of(0)) {
