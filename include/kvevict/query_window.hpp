@@ -16,8 +16,33 @@
 
 namespace kvevict {
 
+/// The extent of a query window, by name (three counts cannot be swapped silently).
+struct QueryShape {
+  index_t q_heads = 0;   ///< query heads (a multiple of the cache's KV heads)
+  index_t window = 0;    ///< queries: positions n − window … n − 1
+  index_t head_dim = 0;  ///< values per query (the keys' head_dim)
+};
+
+/// Query element strides by name, for `QueryWindow::strided`.
+struct QueryStrides {
+  index_t head = 0;      ///< elements between query head h and h + 1 of one position
+  index_t position = 0;  ///< elements between position i and i + 1 of one head
+};
+
 /// A read-only view of the queries of the last `window` positions of a sequence, for every
 /// query head: element `(head, i, k)` at `data + head * head_stride + i * position_stride + k`.
+///
+/// Build one with the named constructors, which say the layout:
+///
+/// | layout                                                   | constructor                    |
+/// |----------------------------------------------------------|--------------------------------|
+/// | `[q_heads][window][head_dim]` (HF / kvpress, per head)   | `QueryWindow::hnd(q, shape)`   |
+/// | `[window][q_heads][head_dim]` (vLLM / FlashInfer tokens) | `QueryWindow::nhd(q, shape)`   |
+/// | any element strides (a slice of a larger batch)          | `QueryWindow::strided(q, shape,
+/// {.head, .position})` |
+///
+/// Each also takes a `std::span` of the buffer, and then checks that every query lies inside it.
+/// The positional constructors below are the `hnd` layout and the strided one.
 ///
 /// Query i sits at position `n − window + i` of the cache it is used with (n = the cache's
 /// tokens), so causal attention lets it see tokens 0 … n − window + i. `q_heads` is a multiple
@@ -26,12 +51,37 @@ namespace kvevict {
 ///
 /// **Example**:
 /// \code
-/// // q[32][32][128]: 32 query heads, the last 32 positions, head_dim 128.
-/// kvevict::QueryWindow<float> q(q_data, /*q_heads=*/32, /*window=*/32, /*head_dim=*/128);
+/// // An engine's last 32 queries as tokens × heads: q[32 positions][32 heads][128].
+/// auto q = kvevict::QueryWindow<float>::nhd(q_data, {.q_heads = 32, .window = 32,
+///                                                     .head_dim = 128});
 /// \endcode
 template <FloatElement T>
 class QueryWindow {
  public:
+  /// `[q_heads][window][head_dim]`: each head's queries contiguous.
+  static QueryWindow hnd(const T* data, QueryShape s) {
+    return QueryWindow(data, s.q_heads, s.window, s.head_dim);
+  }
+  /// `[window][q_heads][head_dim]`: each position's heads contiguous (vLLM, FlashInfer, the
+  /// layout an engine's Q projection writes).
+  static QueryWindow nhd(const T* data, QueryShape s) {
+    return QueryWindow(data, s.q_heads, s.window, s.head_dim, s.head_dim, s.q_heads * s.head_dim);
+  }
+  /// Any element strides, by name.
+  static QueryWindow strided(const T* data, QueryShape s, QueryStrides st) {
+    return QueryWindow(data, s.q_heads, s.window, s.head_dim, st.head, st.position);
+  }
+  // The same over the whole buffer: throws unless every query lies inside the span.
+  static QueryWindow hnd(std::span<const T> buffer, QueryShape s) {
+    return sized(hnd(buffer.data(), s), buffer);
+  }
+  static QueryWindow nhd(std::span<const T> buffer, QueryShape s) {
+    return sized(nhd(buffer.data(), s), buffer);
+  }
+  static QueryWindow strided(std::span<const T> buffer, QueryShape s, QueryStrides st) {
+    return sized(strided(buffer.data(), s, st), buffer);
+  }
+
   /// Dense `[q_heads][window][head_dim]`.
   QueryWindow(const T* data, index_t q_heads, index_t window, index_t head_dim)
       : QueryWindow(data, q_heads, window, head_dim, window * head_dim, head_dim) {}
@@ -86,6 +136,17 @@ class QueryWindow {
   const T* head_data(index_t head) const noexcept { return data_ + head * head_stride_; }
 
  private:
+  static QueryWindow sized(QueryWindow q, std::span<const T> buffer) {
+    const std::array<detail::LatticeDim, 2> dims{
+        {{q.q_heads_, q.head_stride_}, {q.window_, q.position_stride_}}};
+    const index_t need = detail::lattice_extent(dims, q.head_dim_);
+    if (static_cast<index_t>(buffer.size()) < need)
+      detail::fail("queries",
+                   detail::cat("a buffer holding every query (", need, " elements at the strides)"),
+                   "a span of ", buffer.size());
+    return q;
+  }
+
   const T* data_;
   index_t q_heads_, window_, head_dim_, head_stride_, position_stride_;
 };
