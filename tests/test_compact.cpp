@@ -105,41 +105,45 @@ TEST(Compact, StreamingForwardCopyEqualsMemmove) {
         }
 }
 
-// A compaction large enough for streaming stores (≥ detail::streaming_store_bytes moved), over
-// memory that does not start a cache line: bit-exact, and nothing past each head's new length
-// is written.
-TEST(Compact, LargeCompactionWithStreamingStoresIsBitExact) {
-  const index_t heads = 2, n = 16384, d = 256;
+// A compaction with streaming stores (forced: threshold 0), over memory that does not start a
+// cache line: bit-exact, identical to ordinary stores, and nothing past each head's new length
+// is written. The default threshold is the machine's last-level cache.
+TEST(Compact, StreamingStoresAreBitExactAndTheThresholdIsAnOption) {
+  EXPECT_GE(detail::last_level_cache_bytes(), std::size_t{1} << 20);
+  const index_t heads = 2, n = 2048, d = 96;
   const auto per_tensor = static_cast<std::size_t>(heads * n * d);
-  std::vector<float> kmem(per_tensor + 3), vmem(per_tensor + 3);
-  for (std::size_t i = 0; i < kmem.size(); ++i) {
-    kmem[i] = static_cast<float>(i);
-    vmem[i] = -static_cast<float>(i);
+  std::vector<float> k0(per_tensor + 3), v0(per_tensor + 3);
+  for (std::size_t i = 0; i < k0.size(); ++i) {
+    k0[i] = static_cast<float>(i);
+    v0[i] = -static_cast<float>(i);
   }
-  const std::vector<float> k0 = kmem, v0 = vmem;
-  const KVCache<float> kv(Storage<float>::hnd(kmem.data() + 3, n, d),
-                          Storage<float>::hnd(vmem.data() + 3, n, d),
-                          {.kv_heads = heads, .tokens = n, .head_dim = d});
   const Selection sel = random_selection(heads, n, /*shared=*/false, 0.6, 11);
-  std::size_t moved = 0;
-  for (index_t h = 0; h < heads; ++h) moved += static_cast<std::size_t>(sel.size(h) * 2 * d);
-  ASSERT_GE(moved * sizeof(float), detail::streaming_store_bytes);
-
-  compact(kv, sel);
-
-  for (index_t h = 0; h < heads; ++h) {
-    const auto kept = sel.kept(h);
-    const auto base = static_cast<std::size_t>(3 + h * n * d);
-    for (std::size_t i = 0; i < static_cast<std::size_t>(n); ++i) {
-      // kept rows moved to the front; the rest of the head as it was
-      const std::size_t from = i < kept.size() ? static_cast<std::size_t>(kept[i]) : i;
-      for (std::size_t e = 0; e < static_cast<std::size_t>(d); e += 37) {
-        ASSERT_EQ(bits(kmem[base + i * d + e]), bits(k0[base + from * d + e])) << h << " " << i;
-        ASSERT_EQ(bits(vmem[base + i * d + e]), bits(v0[base + from * d + e])) << h << " " << i;
+  std::vector<float> streamed_k;
+  for (const std::size_t threshold : {std::size_t{0}, SIZE_MAX}) {
+    std::vector<float> kmem = k0, vmem = v0;
+    const KVCache<float> kv(Storage<float>::hnd(kmem.data() + 3, n, d),
+                            Storage<float>::hnd(vmem.data() + 3, n, d),
+                            {.kv_heads = heads, .tokens = n, .head_dim = d});
+    Compaction out;
+    compact(kv, sel, out, CompactOptions{.streaming_store_bytes = threshold});
+    for (index_t h = 0; h < heads; ++h) {
+      const auto kept = sel.kept(h);
+      const auto base = static_cast<std::size_t>(3 + h * n * d);
+      for (std::size_t i = 0; i < static_cast<std::size_t>(n); ++i) {
+        // kept rows moved to the front; the rest of the head as it was
+        const std::size_t from = i < kept.size() ? static_cast<std::size_t>(kept[i]) : i;
+        for (std::size_t e = 0; e < static_cast<std::size_t>(d); e += 7) {
+          ASSERT_EQ(bits(kmem[base + i * d + e]), bits(k0[base + from * d + e])) << h << " " << i;
+          ASSERT_EQ(bits(vmem[base + i * d + e]), bits(v0[base + from * d + e])) << h << " " << i;
+        }
       }
     }
+    EXPECT_EQ(bits(kmem[0]), bits(k0[0]));  // before the view
+    if (threshold == 0)
+      streamed_k = kmem;
+    else
+      EXPECT_EQ(streamed_k, kmem);  // the same bytes either way
   }
-  EXPECT_EQ(bits(kmem[0]), bits(k0[0]));  // before the view
 }
 
 TEST(Compact, KeepAllIsANoOpBitForBit) {

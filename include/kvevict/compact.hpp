@@ -9,7 +9,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
+#include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #if defined(__SSE2__) || defined(_M_X64)
@@ -38,16 +41,37 @@ struct Compaction {
   }
 };
 
+/// How `compact` runs (see `compact`).
+struct CompactOptions {
+  const Executor* executor = nullptr;  ///< KV heads as parallel tasks (null: the calling thread)
+  /// Moves of at least this many bytes use streaming stores; default: the last-level cache.
+  std::optional<std::size_t> streaming_store_bytes = std::nullopt;
+};
+
 namespace detail {
 
-/// Compactions that move at least this many bytes (keys and values, all heads) write with
-/// streaming (non-temporal) stores: the moved tokens are then far larger than a core's caches, and
-/// an ordinary store first reads each destination line from memory (a third of the traffic). 32 MiB
-/// is this development machine's last-level cache; smaller compactions stay cached and use
-/// ordinary stores. Measured (bench BM_Compact, random half, 2026-12-01): at n = 32K (128 MiB) the
-/// streaming stores took the copy from ~80% to ~93% of memcpy in a standalone harness; at n = 4K
-/// (16 MiB, in cache) ordinary stores were as fast or faster.
-inline constexpr std::size_t streaming_store_bytes = std::size_t{32} << 20;
+/// The last-level cache of this machine in bytes: on Linux the largest `size` among
+/// /sys/devices/system/cpu/cpu0/cache/index*/ (what the kernel reports for the CPU the process
+/// runs on; glibc's sysconf can report a host's total in a VM), elsewhere — or when that cannot
+/// be read — 32 MiB. Read once per process.
+inline std::size_t last_level_cache_bytes() {
+  static const std::size_t bytes = [] {
+    std::size_t best = 0;
+#if defined(__linux__)
+    for (int i = 0; i < 8; ++i) {
+      std::ifstream in("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/size");
+      std::size_t value = 0;
+      char unit = 0;
+      if (!(in >> value)) continue;
+      in >> unit;
+      const std::size_t scale = unit == 'K' ? 1024 : unit == 'M' ? 1024 * 1024 : 1;
+      best = std::max(best, value * scale);
+    }
+#endif
+    return best > 0 ? best : std::size_t{32} << 20;
+  }();
+  return bytes;
+}
 
 /// How far ahead of the copy the kept tokens' rows are prefetched, in bytes of rows: far enough
 /// to cover the memory latency of the scattered sources a selection makes.
@@ -225,12 +249,21 @@ void move_scales(const KVCache<T>& kv, Tensor which, const Selection& sel) {
 /// `kvevict::error` for a selection that does not match the view (heads, token count, order,
 /// range).
 ///
-/// Threads: with `exec`, KV heads move as parallel tasks (each head's spans are its own: the
-/// view guarantees no two (head, token) spans overlap); the memory afterwards is identical to a
-/// serial run's. A shared selection over NHD rows moves whole rows on the calling thread.
+/// Threads: with `options.executor`, KV heads move as parallel tasks (each head's spans are its
+/// own: the view guarantees no two (head, token) spans overlap); the memory afterwards is
+/// identical to a serial run's. A shared selection over NHD rows moves whole rows on the calling
+/// thread.
+///
+/// Stores: a compaction that moves at least `options.streaming_store_bytes` (keys and values, all
+/// heads) writes with streaming (non-temporal) stores where the target has them: the moved rows
+/// are then larger than the caches, and an ordinary store would first read each destination line
+/// from memory. The default threshold is this machine's last-level cache
+/// (`detail::last_level_cache_bytes()`); 0 streams every compaction, `SIZE_MAX` none. The bytes
+/// written are the same either way.
 template <Element T>
 void compact(const KVCache<T>& kv, const Selection& sel, Compaction& out,
-             const Executor* exec = nullptr) {
+             const CompactOptions& options) {
+  const Executor* exec = options.executor;
   sel.validate();
   if (sel.kv_heads() != kv.kv_heads())
     detail::fail("selection", detail::cat("a selection for kv_heads (", kv.kv_heads(), ")"),
@@ -278,7 +311,8 @@ void compact(const KVCache<T>& kv, const Selection& sel, Compaction& out,
   for (index_t h = 0; h < sel.stored_heads(); ++h)
     moved += static_cast<std::size_t>(sel.size(h)) * static_cast<std::size_t>(rk + rv);
   if (sel.shared()) moved *= static_cast<std::size_t>(heads);
-  const bool stream = moved * sizeof(T) >= detail::streaming_store_bytes;
+  const bool stream =
+      moved * sizeof(T) >= options.streaming_store_bytes.value_or(detail::last_level_cache_bytes());
   if (rows) {
     detail::move_kept(kv, Tensor::keys, 0, sel.kept(0), heads * rk, stream);
     detail::move_kept(kv, Tensor::values, 0, sel.kept(0), heads * rv, stream);
@@ -292,6 +326,13 @@ void compact(const KVCache<T>& kv, const Selection& sel, Compaction& out,
   }
   if constexpr (has_external_scale<T>)
     for (const Tensor which : {Tensor::keys, Tensor::values}) detail::move_scales(kv, which, sel);
+}
+
+/// `compact` on the calling thread, or with the heads as tasks on `exec`.
+template <Element T>
+void compact(const KVCache<T>& kv, const Selection& sel, Compaction& out,
+             const Executor* exec = nullptr) {
+  compact(kv, sel, out, CompactOptions{.executor = exec});
 }
 
 /// `compact` returning a fresh `Compaction` (allocates it).
