@@ -84,7 +84,8 @@ void score_window(benchmark::State& state) {
   std::vector<float> out(static_cast<std::size_t>(kQHeads * n));
   kvevict::Workspace ws;
   for (auto _ : state) {
-    kvevict::window_attention(*p.kv, *p.window, {.reduce = kvevict::WindowReduce::mean}, out, ws);
+    kvevict::kernels::window_attention(*p.kv, *p.window, {.reduce = kvevict::WindowReduce::mean},
+                                       out, ws);
     benchmark::DoNotOptimize(out.data());
   }
   state.counters["FLOPS"] =
@@ -113,7 +114,8 @@ void BM_Score_Window_2Threads(benchmark::State& state) {
   const kvevict::ThreadExecutor executor(2);
   ws.set_executor(&executor);
   for (auto _ : state) {
-    kvevict::window_attention(*p.kv, *p.window, {.reduce = kvevict::WindowReduce::mean}, out, ws);
+    kvevict::kernels::window_attention(*p.kv, *p.window, {.reduce = kvevict::WindowReduce::mean},
+                                       out, ws);
     benchmark::DoNotOptimize(out.data());
   }
   state.counters["FLOPS"] =
@@ -134,7 +136,8 @@ void score_window_stored(benchmark::State& state) {
   std::vector<float> out(static_cast<std::size_t>(kQHeads * n));
   kvevict::Workspace ws;
   for (auto _ : state) {
-    kvevict::window_attention(kv, *p.window, {.reduce = kvevict::WindowReduce::mean}, out, ws);
+    kvevict::kernels::window_attention(kv, *p.window, {.reduce = kvevict::WindowReduce::mean}, out,
+                                       ws);
     benchmark::DoNotOptimize(out.data());
   }
   state.counters["FLOPS"] =
@@ -173,20 +176,22 @@ void BM_SnapKV_PoolSelect(benchmark::State& state) {
   for (auto _ : state) {
     sel.reset(kKVHeads, n, false);
     for (index_t h = 0; h < kQHeads; ++h)
-      kvevict::pool1d(std::span<const float>(attention).subspan(static_cast<std::size_t>(h * n),
-                                                                static_cast<std::size_t>(prefix)),
-                      std::span<float>(pooled).subspan(static_cast<std::size_t>(h * prefix),
-                                                       static_cast<std::size_t>(prefix)),
-                      7, kvevict::Pool::max, ws);
-    kvevict::reduce_groups(pooled, kQHeads, prefix, kKVHeads, kvevict::GroupReduce::mean, false,
-                           reduced);
+      kvevict::kernels::pool1d(
+          std::span<const float>(attention).subspan(static_cast<std::size_t>(h * n),
+                                                    static_cast<std::size_t>(prefix)),
+          std::span<float>(pooled).subspan(static_cast<std::size_t>(h * prefix),
+                                           static_cast<std::size_t>(prefix)),
+          7, kvevict::Pool::max, ws);
+    kvevict::kernels::reduce_groups(pooled, kQHeads, prefix, kKVHeads, kvevict::GroupReduce::mean,
+                                    false, reduced);
     for (index_t h = 0; h < kKVHeads; ++h) {
       std::fill(keep.begin(), keep.end(), std::uint8_t{0});
-      kvevict::keep_range(keep, prefix, n);
-      kvevict::top_k(std::span<const float>(reduced).subspan(static_cast<std::size_t>(h * prefix),
-                                                             static_cast<std::size_t>(prefix)),
-                     0, prefix, budget - kWindow, keep, ws);
-      kvevict::add_head_from_mask(sel, keep);
+      kvevict::kernels::keep_range(keep, prefix, n);
+      kvevict::kernels::top_k(
+          std::span<const float>(reduced).subspan(static_cast<std::size_t>(h * prefix),
+                                                  static_cast<std::size_t>(prefix)),
+          0, prefix, budget - kWindow, keep, ws);
+      kvevict::kernels::add_head_from_mask(sel, keep);
     }
     benchmark::DoNotOptimize(sel.kept(0).data());
   }
@@ -281,12 +286,13 @@ void value_norms(benchmark::State& state, kvevict::NormKind kind) {
   kvevict::RandomStream rng(5, 0, 0);
   for (float& x : wo) x = static_cast<float>(rng.uniform() - 0.5);
   const auto projection = kvevict::OutputProjection::dense(wo.data(), kQHeads, kDim, kHidden);
-  const std::vector<float> gram =
-      kind == kvevict::NormKind::l2 ? kvevict::gram_matrices(projection) : std::vector<float>{};
+  const std::vector<float> gram = kind == kvevict::NormKind::l2
+                                      ? kvevict::kernels::gram_matrices(projection)
+                                      : std::vector<float>{};
   std::vector<float> out(static_cast<std::size_t>(kQHeads * n));
   kvevict::Workspace ws;
   for (auto _ : state) {
-    kvevict::projected_value_norms(*p.kv, projection, n, kind, gram, out, ws);
+    kvevict::kernels::projected_value_norms(*p.kv, projection, n, kind, gram, out, ws);
     benchmark::DoNotOptimize(out.data());
   }
   const double inner = kind == kvevict::NormKind::l1 ? static_cast<double>(kHidden) : kDim;
@@ -360,7 +366,7 @@ void BM_Attention_Step(benchmark::State& state) {
           p.window->query(kvh * g, 0).data(), g, kDim, Eigen::OuterStride<>(kWindow * kDim));
       logits.noalias() = k * q.transpose();
       for (index_t h = 0; h < g; ++h)
-        kvevict::softmax_inplace({logits.col(h).data(), static_cast<std::size_t>(n)});
+        kvevict::kernels::softmax_inplace({logits.col(h).data(), static_cast<std::size_t>(n)});
       out.noalias() = v.transpose() * logits;
     }
     benchmark::DoNotOptimize(out.data());

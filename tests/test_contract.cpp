@@ -171,20 +171,20 @@ TEST(StreamingLLM, StreamingContractErrors) {
 
 TEST(Softmax, StableMaskedAndEmptyRows) {
   std::vector<float> x{0.0f, std::log(3.0f), -std::numeric_limits<float>::infinity()};
-  ASSERT_TRUE(softmax_inplace(x));
+  ASSERT_TRUE(kernels::softmax_inplace(x));
   EXPECT_FLOAT_EQ(x[0], 0.25f);
   EXPECT_FLOAT_EQ(x[1], 0.75f);
   EXPECT_EQ(x[2], 0.0f);
   std::vector<float> big{1000.0f, 1000.0f};  // would overflow without the max subtraction
-  ASSERT_TRUE(softmax_inplace(big));
+  ASSERT_TRUE(kernels::softmax_inplace(big));
   EXPECT_FLOAT_EQ(big[0], 0.5f);
   std::vector<float> none(3, -std::numeric_limits<float>::infinity());
-  ASSERT_TRUE(softmax_inplace(none));
+  ASSERT_TRUE(kernels::softmax_inplace(none));
   EXPECT_EQ(none, std::vector<float>(3, 0.0f));
   std::vector<float> bad{1.0f, std::nanf("")};
-  EXPECT_FALSE(softmax_inplace(bad));
+  EXPECT_FALSE(kernels::softmax_inplace(bad));
   std::vector<float> inf{1.0f, std::numeric_limits<float>::infinity()};
-  EXPECT_FALSE(softmax_inplace(inf));
+  EXPECT_FALSE(kernels::softmax_inplace(inf));
 }
 
 /// A streaming policy that keeps everything and records the rows it is given.

@@ -77,10 +77,10 @@ TYPED_TEST(ValueNorms, MatchDoubleReferences) {
          {OutputProjection::dense(w_stored.data(), q_heads, d, hidden),
           OutputProjection::from_linear_weight(linear.data(), q_heads, d, hidden)}) {
       Workspace ws;
-      const auto gram = gram_matrices(wo);
+      const auto gram = kernels::gram_matrices(wo);
       for (NormKind kind : {NormKind::l1, NormKind::l2}) {
         std::vector<float> out(static_cast<std::size_t>(q_heads * (n - 3)));
-        projected_value_norms(c.kv(), wo, n - 3, kind, gram, out, ws);
+        kernels::projected_value_norms(c.kv(), wo, n - 3, kind, gram, out, ws);
         double err = 0, norm = 0;
         for (index_t h = 0; h < q_heads; ++h)
           for (index_t j = 0; j < n - 3; ++j) {
@@ -133,8 +133,8 @@ TEST(CriticalKV, SelectedSetSatisfiesThePaperBound) {
       .select(*s.kv, s.window(), Budget::tokens(30), sel, ws);
   std::vector<float> a(static_cast<std::size_t>(s.q_heads * s.n)),
       norms(static_cast<std::size_t>(s.q_heads * s.n));
-  window_attention(*s.kv, s.window().last(1), {}, a, ws);  // the last query of each head
-  projected_value_norms(*s.kv, wo, s.n, NormKind::l1, {}, norms, ws);
+  kernels::window_attention(*s.kv, s.window().last(1), {}, a, ws);  // the last query of each head
+  kernels::projected_value_norms(*s.kv, wo, s.n, NormKind::l1, {}, norms, ws);
   for (index_t h = 0; h < s.q_heads; ++h) {
     const index_t kvh = h / 2;
     const auto kept = sel.kept(kvh);
@@ -218,12 +218,12 @@ TEST(AdaKV, HeadBudgetsHandCaseAndRaggedSelections) {
   const std::vector<float> scores{.90f, .05f, .03f, .01f, .01f, /**/ .30f, .25f, .20f, .15f, .10f};
   std::vector<index_t> budgets(2);
   Workspace ws;
-  head_budgets(scores, 2, 5, 3, 1.0 / 3.0, budgets, ws);
+  kernels::head_budgets(scores, 2, 5, 3, 1.0 / 3.0, budgets, ws);
   // Safeguards: .90 (h0), .30 (h1). Remaining best 4: .25, .20, .15, .10 (all head 1).
   EXPECT_EQ(budgets, (std::vector<index_t>{1, 5}));
-  head_budgets(scores, 2, 5, 3, 1.0, budgets, ws);  // alpha 1: equal budgets
+  kernels::head_budgets(scores, 2, 5, 3, 1.0, budgets, ws);  // alpha 1: equal budgets
   EXPECT_EQ(budgets, (std::vector<index_t>{3, 3}));
-  expect_error([&] { head_budgets(scores, 2, 5, 3, 1.5, budgets, ws); },
+  expect_error([&] { kernels::head_budgets(scores, 2, 5, 3, 1.5, budgets, ws); },
                "alpha_safeguard: expected a fraction in [0, 1], got 1.5");
 
   Problem s;

@@ -81,8 +81,8 @@ TEST(Workload, HasTheStructureItDescribes) {
     std::vector<float> p(static_cast<std::size_t>(n));
     for (index_t j = 0; j < n; ++j)
       p[static_cast<std::size_t>(j)] =
-          dot(q, l.keys.data() + (kvh * n + j) * d, d) / std::sqrt(static_cast<float>(d));
-    softmax_inplace(p);
+          kernels::dot(q, l.keys.data() + (kvh * n + j) * d, d) / std::sqrt(static_cast<float>(d));
+    kernels::softmax_inplace(p);
     return p;
   };
   double sink = 0, recent = 0, far = 0, needle_hit = 0, needle_miss = 0;

@@ -101,18 +101,19 @@ TEST(Threads, WindowAttentionIsBitIdenticalAndFailsAsTheSerialRun) {
   Layer l(2);
   std::vector<float> serial(static_cast<std::size_t>(l.q_heads * l.n)), par(serial.size());
   Workspace ws;
-  window_attention(l.kv(), l.queries(), {}, serial, ws);
+  kernels::window_attention(l.kv(), l.queries(), {}, serial, ws);
   const ThreadExecutor ex(2);
   Workspace pws;
   pws.set_executor(&ex);
-  window_attention(l.kv(), l.queries(), {}, par, pws);
+  kernels::window_attention(l.kv(), l.queries(), {}, par, pws);
   EXPECT_EQ(std::memcmp(serial.data(), par.data(), serial.size() * sizeof(float)), 0);
   // Non-finite keys in heads 3 and 1: both runs name head 1.
   l.k[static_cast<std::size_t>((3 * l.n + 5) * l.d)] = NAN;
   l.k[static_cast<std::size_t>((1 * l.n + 9) * l.d + 2)] = INFINITY;
-  const std::string want = error_of([&] { window_attention(l.kv(), l.queries(), {}, serial, ws); });
+  const std::string want =
+      error_of([&] { kernels::window_attention(l.kv(), l.queries(), {}, serial, ws); });
   EXPECT_NE(want.find("KV head 1"), std::string::npos) << want;
-  EXPECT_EQ(error_of([&] { window_attention(l.kv(), l.queries(), {}, par, pws); }), want);
+  EXPECT_EQ(error_of([&] { kernels::window_attention(l.kv(), l.queries(), {}, par, pws); }), want);
 }
 
 TEST(Threads, CompactionWithWorkersLeavesTheSameMemory) {

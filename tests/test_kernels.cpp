@@ -72,7 +72,7 @@ TYPED_TEST(WindowAttentionTest, MatchesTheDoubleReference) {
 
     std::vector<float> got(static_cast<std::size_t>(q_heads * c.n));
     Workspace ws;
-    window_attention(
+    kernels::window_attention(
         stored.kv(), QueryWindow<T>(q_stored.data(), q_heads, c.w, c.d),
         {.reduce = c.reduce, .causal = c.causal, .query_weights = weights, .block = c.block}, got,
         ws);
@@ -104,7 +104,7 @@ TEST(WindowAttention, LargeLogitsStayFiniteAndExact) {
   for (std::size_t i = 0; i < q.size(); ++i) q[i] = 60.0f * static_cast<float>((i * 7) % 5) - 90.0f;
   std::vector<float> got(2 * 50);
   Workspace ws;
-  window_attention(c.kv(), QueryWindow<float>(q.data(), 2, 3, 8), {.block = 16}, got, ws);
+  kernels::window_attention(c.kv(), QueryWindow<float>(q.data(), 2, 3, 8), {.block = 16}, got, ws);
   const auto want = reference_attention(c.kv(), q, 2, 3, WindowReduce::sum, true, {});
   EXPECT_LT(relative_error(got, want), 1e-5);
   double total = 0;
@@ -118,18 +118,24 @@ TEST(WindowAttention, NamesTheNonFiniteInput) {
   Workspace ws;
   c.kv().key(1, 13)[2] = std::numeric_limits<float>::infinity();
   expect_error(
-      [&] { window_attention(c.kv(), QueryWindow<float>(q.data(), 2, 2, 4), {}, out, ws); },
+      [&] {
+        kernels::window_attention(c.kv(), QueryWindow<float>(q.data(), 2, 2, 4), {}, out, ws);
+      },
       "keys: expected finite values, got inf at KV head 1, token 13, element 2");
   c.kv().key(1, 13)[2] = 0.0f;
   q[1 * 8 + 4 + 3] = std::nanf("");
   expect_error(
-      [&] { window_attention(c.kv(), QueryWindow<float>(q.data(), 2, 2, 4), {}, out, ws); },
+      [&] {
+        kernels::window_attention(c.kv(), QueryWindow<float>(q.data(), 2, 2, 4), {}, out, ws);
+      },
       "queries: expected finite values, got nan at query head 1, window position 1, "
       "element 3");
   std::vector<float> short_out(5);
   q[1 * 8 + 4 + 3] = 0.0f;
   expect_error(
-      [&] { window_attention(c.kv(), QueryWindow<float>(q.data(), 2, 2, 4), {}, short_out, ws); },
+      [&] {
+        kernels::window_attention(c.kv(), QueryWindow<float>(q.data(), 2, 2, 4), {}, short_out, ws);
+      },
       "out: expected q_heads * tokens (40) floats, got 5");
 }
 
@@ -140,7 +146,9 @@ TEST(WindowAttention, NamesTheNonFiniteInputInLargePasses) {
   Workspace ws;
   c.kv().key(1, 41)[3] = -std::numeric_limits<float>::infinity();
   expect_error(
-      [&] { window_attention(c.kv(), QueryWindow<float>(q.data(), 4, 8, 4), {}, out, ws); },
+      [&] {
+        kernels::window_attention(c.kv(), QueryWindow<float>(q.data(), 4, 8, 4), {}, out, ws);
+      },
       "keys: expected finite values, got -inf at KV head 1, token 41, element 3");
 }
 
@@ -149,10 +157,10 @@ TEST(WindowAttention, NoAllocationOnceWarm) {
   std::vector<Eigen::half> q(4 * 8 * 16, Eigen::half(0.25f));
   std::vector<float> out(4 * 200);
   Workspace ws;
-  window_attention(c.kv(), QueryWindow<Eigen::half>(q.data(), 4, 8, 16), {}, out, ws);
+  kernels::window_attention(c.kv(), QueryWindow<Eigen::half>(q.data(), 4, 8, 16), {}, out, ws);
   const auto allocations = ws.allocations();
   for (int i = 0; i < 3; ++i)
-    window_attention(c.kv(), QueryWindow<Eigen::half>(q.data(), 4, 8, 16), {}, out, ws);
+    kernels::window_attention(c.kv(), QueryWindow<Eigen::half>(q.data(), 4, 8, 16), {}, out, ws);
   EXPECT_EQ(ws.allocations(), allocations);
 }
 
@@ -160,13 +168,13 @@ TEST(ReduceGroups, MeanMaxSumAndShared) {
   // 4 query heads, 2 KV heads (g = 2), n = 3.
   const std::vector<float> in{1, 2, 3, /**/ 3, 0, 1, /**/ 10, 10, 10, /**/ 0, 20, 4};
   std::vector<float> out(6), all(3);
-  reduce_groups(in, 4, 3, 2, GroupReduce::mean, false, out);
+  kernels::reduce_groups(in, 4, 3, 2, GroupReduce::mean, false, out);
   EXPECT_EQ(out, (std::vector<float>{2, 1, 2, 5, 15, 7}));
-  reduce_groups(in, 4, 3, 2, GroupReduce::max, false, out);
+  kernels::reduce_groups(in, 4, 3, 2, GroupReduce::max, false, out);
   EXPECT_EQ(out, (std::vector<float>{3, 2, 3, 10, 20, 10}));
-  reduce_groups(in, 4, 3, 2, GroupReduce::sum, false, out);
+  kernels::reduce_groups(in, 4, 3, 2, GroupReduce::sum, false, out);
   EXPECT_EQ(out, (std::vector<float>{4, 2, 4, 10, 30, 14}));
-  reduce_groups(in, 4, 3, 2, GroupReduce::mean, true, all);
+  kernels::reduce_groups(in, 4, 3, 2, GroupReduce::mean, true, all);
   EXPECT_EQ(all, (std::vector<float>{3.5f, 8, 4.5f}));
 }
 
@@ -174,23 +182,24 @@ TEST(Pool, MaxAndAvgEdgesOddAndEvenKernels) {
   const std::vector<float> in{1, 5, 1, 1, 1, 3};
   std::vector<float> out(6);
   Workspace ws;
-  pool1d(in, out, 3, Pool::max, ws);  // out-of-range neighbours ignored
+  kernels::pool1d(in, out, 3, Pool::max, ws);  // out-of-range neighbours ignored
   EXPECT_EQ(out, (std::vector<float>{5, 5, 5, 1, 3, 3}));
-  pool1d(in, out, 3, Pool::avg, ws);  // zero padding, divided by 3 (count_include_pad)
+  kernels::pool1d(in, out, 3, Pool::avg, ws);  // zero padding, divided by 3 (count_include_pad)
   const std::vector<float> avg3{2, 7.0f / 3, 7.0f / 3, 1, 5.0f / 3, 4.0f / 3};
   for (int i = 0; i < 6; ++i)
     EXPECT_FLOAT_EQ(out[static_cast<std::size_t>(i)], avg3[static_cast<std::size_t>(i)]);
-  pool1d(in, out, 4, Pool::max, ws);  // even: window [j − 2, j + 1], torch's first n outputs
+  kernels::pool1d(in, out, 4, Pool::max,
+                  ws);  // even: window [j − 2, j + 1], torch's first n outputs
   EXPECT_EQ(out, (std::vector<float>{5, 5, 5, 5, 3, 3}));
-  pool1d(in, out, 4, Pool::avg, ws);
+  kernels::pool1d(in, out, 4, Pool::avg, ws);
   const std::vector<float> avg4{6.0f / 4, 7.0f / 4, 8.0f / 4, 8.0f / 4, 6.0f / 4, 5.0f / 4};
   for (int i = 0; i < 6; ++i)
     EXPECT_FLOAT_EQ(out[static_cast<std::size_t>(i)], avg4[static_cast<std::size_t>(i)]);
-  pool1d(in, out, 1, Pool::max, ws);
+  kernels::pool1d(in, out, 1, Pool::max, ws);
   EXPECT_EQ(out, in);
-  pool1d(in, out, 9, Pool::max, ws);  // kernel wider than the input
+  kernels::pool1d(in, out, 9, Pool::max, ws);  // kernel wider than the input
   EXPECT_EQ(out, std::vector<float>(6, 5));
-  expect_error([&] { pool1d(in, out, 0, Pool::max, ws); },
+  expect_error([&] { kernels::pool1d(in, out, 0, Pool::max, ws); },
                "kernel: expected a pooling kernel >= 1, got 0");
 }
 
@@ -204,7 +213,7 @@ TEST(Pool, LargeKernelsAgreeWithTheDefinition) {
       std::vector<float> in(static_cast<std::size_t>(n)), out(in.size());
       for (float& x : in) x = normal(rng);
       for (Pool kind : {Pool::max, Pool::avg}) {
-        pool1d(in, out, k, kind, ws);
+        kernels::pool1d(in, out, k, kind, ws);
         for (index_t j = 0; j < n; ++j) {
           const index_t lo = std::max<index_t>(0, j - k / 2), hi = std::min(n, j - k / 2 + k);
           double want = kind == Pool::max ? -1e30 : 0.0;
@@ -224,13 +233,13 @@ TEST(TopK, TieRuleKeepsTheMoreRecentToken) {
   const std::vector<float> scores{0.5f, 0.2f, 0.5f, 0.2f, 0.5f, 0.1f, -0.0f, 0.0f};
   std::vector<std::uint8_t> keep(8, 0);
   Workspace ws;
-  EXPECT_EQ(top_k(scores, 0, 8, 2, keep, ws), 2);
+  EXPECT_EQ(kernels::top_k(scores, 0, 8, 2, keep, ws), 2);
   EXPECT_EQ(keep, (std::vector<std::uint8_t>{0, 0, 1, 0, 1, 0, 0, 0}));
   std::fill(keep.begin(), keep.end(), 0);
-  top_k(scores, 0, 8, 4, keep, ws);  // three 0.5s, then the later of the two 0.2s
+  kernels::top_k(scores, 0, 8, 4, keep, ws);  // three 0.5s, then the later of the two 0.2s
   EXPECT_EQ(keep, (std::vector<std::uint8_t>{1, 0, 1, 1, 1, 0, 0, 0}));
   std::fill(keep.begin(), keep.end(), 0);
-  top_k(scores, 6, 8, 1, keep, ws);  // −0 and +0 are equal: the later wins
+  kernels::top_k(scores, 6, 8, 1, keep, ws);  // −0 and +0 are equal: the later wins
   EXPECT_EQ(keep[7], 1);
   EXPECT_EQ(keep[6], 0);
 }
@@ -239,9 +248,9 @@ TEST(TopK, SkipsKeptTokensAndHonoursTheRange) {
   const std::vector<float> scores{9, 8, 7, 6, 5, 4};
   std::vector<std::uint8_t> keep{1, 0, 0, 0, 0, 0};  // token 0 already kept (protected)
   Workspace ws;
-  EXPECT_EQ(top_k(scores, 0, 4, 2, keep, ws), 2);
+  EXPECT_EQ(kernels::top_k(scores, 0, 4, 2, keep, ws), 2);
   EXPECT_EQ(keep, (std::vector<std::uint8_t>{1, 1, 1, 0, 0, 0}));
-  EXPECT_EQ(top_k(scores, 0, 4, 5, keep, ws), 1);  // only token 3 is left in range
+  EXPECT_EQ(kernels::top_k(scores, 0, 4, 5, keep, ws), 1);  // only token 3 is left in range
   EXPECT_EQ(keep, (std::vector<std::uint8_t>{1, 1, 1, 1, 0, 0}));
 }
 
@@ -255,7 +264,7 @@ TEST(TopK, AgreesWithASortOnRandomScores) {
     for (float& s : scores) s = static_cast<float>(level(rng)) / 4.0f;
     const index_t k = (trial * 7) % (n + 1);
     std::vector<std::uint8_t> keep(static_cast<std::size_t>(n), 0);
-    top_k(scores, 0, n, k, keep, ws);
+    kernels::top_k(scores, 0, n, k, keep, ws);
     std::vector<index_t> order(static_cast<std::size_t>(n));
     std::iota(order.begin(), order.end(), 0);
     std::sort(order.begin(), order.end(), [&](index_t a, index_t b) {

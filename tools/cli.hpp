@@ -71,9 +71,9 @@ class Args {
 inline std::vector<std::pair<std::string, std::string>> settings(const Args& args) {
   std::vector<std::pair<std::string, std::string>> out;
   for (const std::string& s : args.all("--set")) {
-    const auto eq = s.find('=');
-    if (eq == std::string::npos || eq == 0) fail("--set", "key=value", "'", s, "'");
-    out.emplace_back(s.substr(0, eq), s.substr(eq + 1));
+    auto setting = kvevict::detail::split_setting(s);
+    if (!setting) fail("--set", "key=value", "'", s, "'");
+    out.push_back(std::move(*setting));
   }
   return out;
 }

@@ -313,9 +313,9 @@ int eval_command(int argc, char** argv) {
     for (const auto& name : split(args.get("--workload", "default"), ',')) {
       eval::WorkloadSpec spec = eval::workload_preset(name);
       for (const std::string& s : args.all("--workload-set")) {
-        const auto eq = s.find('=');
-        if (eq == std::string::npos) fail("--workload-set", "knob=value", "'", s, "'");
-        eval::set_knob(spec, s.substr(0, eq), s.substr(eq + 1));
+        const auto setting = kvevict::detail::split_setting(s);
+        if (!setting) fail("--workload-set", "knob=value", "'", s, "'");
+        eval::set_knob(spec, setting->first, setting->second);
       }
       plan.layers.push_back(eval::layer_from(eval::generate(spec)));
     }

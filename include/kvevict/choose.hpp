@@ -195,7 +195,7 @@ struct TopK {
     detail::check_protected_budget(budget, p);
   }
   void pick(const Row& row, std::span<std::uint8_t> keep, Workspace& ws) const {
-    top_k(row.score, row.first(), row.last(), row.budget - row.marked, keep, ws);
+    kernels::top_k(row.score, row.first(), row.last(), row.budget - row.marked, keep, ws);
   }
 };
 
@@ -417,8 +417,8 @@ void choose(std::span<const Scores> layers, const Choice& choice, const R& rule,
     }
     const auto page_keep = ws.take<std::uint8_t>(pages);
     std::fill(page_keep.begin(), page_keep.end(), std::uint8_t{0});
-    keep_range(page_keep, 0, std::min(pp.sinks, pages));
-    keep_range(page_keep, std::max<index_t>(0, pages - pp.recent), pages);
+    kernels::keep_range(page_keep, 0, std::min(pp.sinks, pages));
+    kernels::keep_range(page_keep, std::max<index_t>(0, pages - pp.recent), pages);
     rule.pick({.score = ps,
                .second = ps2,
                .n = pages,
@@ -431,7 +431,7 @@ void choose(std::span<const Scores> layers, const Choice& choice, const R& rule,
     const auto keep = ws.take<std::uint8_t>(n);
     for (index_t j = 0; j < n; ++j)
       keep[static_cast<std::size_t>(j)] = page_keep[static_cast<std::size_t>(j / page)];
-    add_head_from_mask(out, keep);
+    kernels::add_head_from_mask(out, keep);
     return;
   }
 
@@ -447,8 +447,8 @@ void choose(std::span<const Scores> layers, const Choice& choice, const R& rule,
   for (index_t h = 0; h < stored; ++h) {
     const auto mask = keep.subspan(static_cast<std::size_t>(h * n), static_cast<std::size_t>(n));
     std::fill(mask.begin(), mask.end(), std::uint8_t{0});
-    keep_range(mask, 0, first_c);
-    keep_range(mask, std::max<index_t>(0, n - protect.recent), n);
+    kernels::keep_range(mask, 0, first_c);
+    kernels::keep_range(mask, std::max<index_t>(0, n - protect.recent), n);
     rule.pick({.score = at(first, h, n),
                .second = at(second, h, n),
                .n = n,
@@ -460,15 +460,15 @@ void choose(std::span<const Scores> layers, const Choice& choice, const R& rule,
                .adaptive = adaptive,
                .safeguard = safeguard},
               mask, ws);
-    if (g == Granularity::equal) most = std::max(most, kept_count(mask));
+    if (g == Granularity::equal) most = std::max(most, kernels::kept_count(mask));
   }
   for (index_t h = 0; h < stored; ++h) {
     const auto mask = keep.subspan(static_cast<std::size_t>(h * n), static_cast<std::size_t>(n));
     if (g == Granularity::equal && !first.empty()) {  // fill up to the largest head's count
-      const index_t missing = most - kept_count(mask);
-      if (missing > 0) top_k(at(first, h, n), first_c, last_c, missing, mask, ws);
+      const index_t missing = most - kernels::kept_count(mask);
+      if (missing > 0) kernels::top_k(at(first, h, n), first_c, last_c, missing, mask, ws);
     }
-    add_head_from_mask(out, mask);
+    kernels::add_head_from_mask(out, mask);
   }
 }
 

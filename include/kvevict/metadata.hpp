@@ -16,6 +16,7 @@
 /// }
 /// \endcode
 
+#include <cctype>
 #include <cmath>
 #include <concepts>
 #include <cstdint>
@@ -24,6 +25,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "error.hpp"
@@ -67,6 +69,25 @@ struct Parameter {
 };
 
 namespace detail {
+
+/// `s` without leading and trailing white space.
+inline std::string_view trim(std::string_view s) {
+  const auto space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
+  while (!s.empty() && space(s.front())) s.remove_prefix(1);
+  while (!s.empty() && space(s.back())) s.remove_suffix(1);
+  return s;
+}
+
+/// A `key=value` setting split at its first `=`, both sides trimmed; nullopt without an `=`
+/// or with an empty key. The one key=value parser (config strings, the command's `--set` and
+/// `--workload-set`).
+inline std::optional<std::pair<std::string, std::string>> split_setting(std::string_view item) {
+  const auto eq = item.find('=');
+  if (eq == std::string_view::npos) return std::nullopt;
+  const std::string_view key = trim(item.substr(0, eq));
+  if (key.empty()) return std::nullopt;
+  return std::pair{std::string(key), std::string(trim(item.substr(eq + 1)))};
+}
 
 inline index_t parse_int(std::string_view key, std::string_view text) {
   index_t v = 0;

@@ -258,13 +258,6 @@ class Registry {
   std::deque<PolicyEntry> entries_;
 };
 
-inline std::string_view trim(std::string_view s) {
-  const auto space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
-  while (!s.empty() && space(s.front())) s.remove_prefix(1);
-  while (!s.empty() && space(s.back())) s.remove_suffix(1);
-  return s;
-}
-
 /// The policy and its settings as one normalised config string, printable, for messages.
 inline std::string spec_text(std::string_view name, const Settings& settings) {
   std::string spec(name);
@@ -333,14 +326,12 @@ inline AnyPolicy parse_policy(std::string_view spec, PolicyOptions options = {})
     for (;;) {
       const auto comma = rest.find(',');
       const std::string_view item = rest.substr(0, comma);
-      const auto eq = item.find('=');
-      const std::string_view key = detail::trim(item.substr(0, eq));
-      if (eq == std::string_view::npos || key.empty())
+      auto setting = detail::split_setting(item);
+      if (!setting)
         detail::fail(detail::cat("policy '", detail::printable(spec), "'"),
                      "settings as key=value, separated by commas", "'",
                      std::string(detail::trim(item)), "'");
-      options.settings.emplace_back(std::string(key),
-                                    std::string(detail::trim(item.substr(eq + 1))));
+      options.settings.push_back(std::move(*setting));
       if (comma == std::string_view::npos) break;
       rest = rest.substr(comma + 1);
     }

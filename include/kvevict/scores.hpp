@@ -208,11 +208,11 @@ inline std::span<const float> reduce_rows(std::span<const float> channel, ScoreR
       return channel;
     case ScoreRows::kv_heads:
       if (!shared) return channel;
-      reduce_group(channel.data(), n, kv_heads, n, op, scratch.data());
+      kernels::reduce_group(channel.data(), n, kv_heads, n, op, scratch.data());
       return scratch.first(static_cast<std::size_t>(n));
     case ScoreRows::query_heads: {
       const auto out = scratch.first(static_cast<std::size_t>((shared ? 1 : kv_heads) * n));
-      reduce_groups(channel, rows, n, kv_heads, op, shared, out);
+      kernels::reduce_groups(channel, rows, n, kv_heads, op, shared, out);
       return out;
     }
   }

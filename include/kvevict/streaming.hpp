@@ -59,9 +59,9 @@ AttentionRows attention_rows(const S& stream, const KVCache<T>& kv,
         continue;
       }
       kv.read(Tensor::keys, kvh, s, k.data());
-      row[s] = dot(q.data(), k.data(), d) * scale;
+      row[s] = kernels::dot(q.data(), k.data(), d) * scale;
     }
-    if (!softmax_inplace({row, static_cast<std::size_t>(slots)}))
+    if (!kernels::softmax_inplace({row, static_cast<std::size_t>(slots)}))
       detail::fail("queries", "finite attention logits (finite keys and query)",
                    "a NaN or inf for query head ", h);
   };

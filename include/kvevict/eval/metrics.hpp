@@ -89,13 +89,13 @@ inline Metrics evaluate(const EvalLayer& layer, const Selection& kept) {
       kept.to_mask(kvh, mask);
       const float* q = layer.future + (h * f + i) * d;
       for (index_t j = 0; j < n; ++j)
-        p[static_cast<std::size_t>(j)] = dot(q, layer.keys + (kvh * n + j) * d, d) * scale;
-      softmax_inplace(p);
+        p[static_cast<std::size_t>(j)] = kernels::dot(q, layer.keys + (kvh * n + j) * d, d) * scale;
+      kernels::softmax_inplace(p);
       if (stored) {
         for (index_t j = 0; j < n; ++j)
           pa[static_cast<std::size_t>(j)] =
-              dot(q, layer.approx_keys + (kvh * n + j) * d, d) * scale;
-        softmax_inplace(pa);
+              kernels::dot(q, layer.approx_keys + (kvh * n + j) * d, d) * scale;
+        kernels::softmax_inplace(pa);
       }
       auto& o = full[static_cast<std::size_t>(h)];
       auto& oh = approx[static_cast<std::size_t>(h)];

@@ -69,8 +69,9 @@ namespace detail {
 inline void attend(const float* q, const float* k, const float* v, index_t d, index_t dv,
                    std::span<const index_t> rows, std::span<float> probs, std::span<float> out) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  for (std::size_t i = 0; i < rows.size(); ++i) probs[i] = dot(q, k + rows[i] * d, d) * scale;
-  softmax_inplace(probs.first(rows.size()));
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    probs[i] = kernels::dot(q, k + rows[i] * d, d) * scale;
+  kernels::softmax_inplace(probs.first(rows.size()));
   Eigen::Map<Eigen::VectorXf> o(out.data(), dv);
   o.setZero();
   for (std::size_t i = 0; i < rows.size(); ++i)

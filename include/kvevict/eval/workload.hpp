@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "../error.hpp"
+#include "../kernels/rope.hpp"
 #include "../random.hpp"
 
 namespace kvevict::eval {
@@ -225,17 +226,13 @@ inline double gaussian(RandomStream& rng) {
   return std::sqrt(-2.0 * std::log(u)) * std::cos(6.283185307179586 * v);
 }
 
-/// Rotates x (d floats, NeoX pairs (k, k + d/2)) to position p.
+/// Rotates x (d floats, NeoX pairs (k, k + d/2)) to position p, as a model's RoPE does.
 inline void rope(float* x, index_t d, double base, std::int64_t p) {
-  const index_t half = d / 2;
-  for (index_t k = 0; k < half; ++k) {
-    const double angle = static_cast<double>(p) *
-                         std::pow(base, -2.0 * static_cast<double>(k) / static_cast<double>(d));
-    const double c = std::cos(angle), s = std::sin(angle);
-    const double a = x[k], b = x[k + half];
-    x[k] = static_cast<float>(a * c - b * s);
-    x[k + half] = static_cast<float>(a * s + b * c);
-  }
+  thread_local std::vector<double> freq, cs;
+  kvevict::detail::rope_frequencies({.base = base}, d, freq);
+  cs.resize(static_cast<std::size_t>(d));
+  kvevict::detail::rope_angles(freq, static_cast<double>(p), cs.data(), cs.data() + d / 2);
+  kvevict::detail::rotate_pairs(x, RopeStyle::neox, d / 2, cs.data(), cs.data() + d / 2);
 }
 
 }  // namespace detail

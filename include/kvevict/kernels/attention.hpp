@@ -266,6 +266,7 @@ Eigen::Map<const Eigen::MatrixXf, 0, Eigen::OuterStride<>> key_block(const KVCac
 
 }  // namespace detail
 
+namespace kernels {
 /// Writes `out[h · n + j] = reduce_i c_i · A_h[i, j]` for every query head h and token j, where
 /// `A_h = softmax(Q_h K_{h/g}ᵀ / √d)` row by row in fp32 (causal by default) and g =
 /// q_heads / kv_heads. `out` holds q_heads · n floats. Weights c_i must be finite and ≥ 0.
@@ -450,15 +451,9 @@ Scores attention_scores(const KVCache<T>& kv, const QueryWindow<query_type<T>>& 
                         const WindowAttention& options, GroupReduce reduce, Workspace& ws,
                         Protected protect = {}) {
   const auto attention = ws.take<float>(queries.q_heads() * kv.tokens());
-  window_attention(kv, queries, options, attention, ws);
-  return {.values = attention,
-          .rows = queries.q_heads(),
-          .tokens = kv.tokens(),
-          .kv_heads = kv.kv_heads(),
-          .kind = ScoreRows::query_heads,
-          .reduce = reduce,
-          .protect = protect,
-          .layer = kv.layer()};
+  kernels::window_attention(kv, queries, options, attention, ws);
+  return Scores::of_query_heads(attention, queries.q_heads(), kv, reduce, protect);
 }
 
+}  // namespace kernels
 }  // namespace kvevict

@@ -32,8 +32,8 @@ inline void head_budgets_with(std::span<const float> scores, index_t heads, inde
   Workspace::Frame frame(ws);
   const auto keep = ws.take<std::uint8_t>(heads * m);
   std::fill(keep.begin(), keep.end(), std::uint8_t{0});
-  for (index_t h = 0; h < heads; ++h) top_k(scores, h * m, (h + 1) * m, safe, keep, ws);
-  top_k(scores, 0, heads * m, heads * (k - safe), keep, ws);
+  for (index_t h = 0; h < heads; ++h) kernels::top_k(scores, h * m, (h + 1) * m, safe, keep, ws);
+  kernels::top_k(scores, 0, heads * m, heads * (k - safe), keep, ws);
   for (index_t h = 0; h < heads; ++h) {
     index_t count = 0;
     for (index_t j = 0; j < m; ++j) count += keep[static_cast<std::size_t>(h * m + j)];
@@ -43,6 +43,7 @@ inline void head_budgets_with(std::span<const float> scores, index_t heads, inde
 
 }  // namespace detail
 
+namespace kernels {
 /// Splits `heads · k` tokens among heads by their scores, as AdaKV does (Feng et al., arXiv
 /// 2407.11550, §4 "Adaptive budget allocation"; kvpress `adakv_press.py`): every head keeps at
 /// least its `⌊k · alpha⌋` best tokens (the safeguard), and the other `heads · (k − ⌊k·alpha⌋)`
@@ -60,6 +61,7 @@ inline void head_budgets(std::span<const float> scores, index_t heads, index_t m
                             budgets, ws);
 }
 
+}  // namespace kernels
 namespace detail {
 
 /// AdaKV budgets for `choose`: the candidates of each row (the tokens between the protected

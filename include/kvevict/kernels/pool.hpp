@@ -30,6 +30,7 @@ constexpr std::array<Pool, 2> all_values(Pool) {
   return {Pool::max, Pool::avg};
 }
 
+namespace kernels {
 /// `out[j]` pools `in[j − ⌊k/2⌋ … j − ⌊k/2⌋ + k − 1]`: centred for odd k; for even k the window
 /// of torch's `pool1d(padding = k/2)` output j (whose output is one longer; its last element is
 /// dropped). `in` and `out` have the same size and must not alias.
@@ -97,4 +98,5 @@ inline void pool1d(std::span<const float> in, std::span<float> out, index_t kern
   }
 }
 
+}  // namespace kernels
 }  // namespace kvevict

@@ -39,6 +39,7 @@ constexpr std::array<GroupReduce, 3> all_values(GroupReduce) {
   return {GroupReduce::mean, GroupReduce::max, GroupReduce::sum};
 }
 
+namespace kernels {
 /// Reduces the g rows of one group — row r starts at `first + r · row_stride`, n floats each —
 /// into `out` (n floats): their maximum, sum, or mean (the sum times 1/g). Row by row, so every
 /// loop is contiguous and vectorises. O(g · n); no allocation. `out` must not alias the rows.
@@ -70,7 +71,8 @@ inline void reduce_groups(std::span<const float> in, index_t q_heads, index_t n,
     detail::fail("reduce_groups", "in = q_heads · n, out = (shared ? 1 : kv_heads) · n floats",
                  "in=", in.size(), ", out=", out.size());
   for (index_t grp = 0; grp < groups; ++grp)
-    reduce_group(in.data() + grp * g * n, n, g, n, mode, out.data() + grp * n);
+    kernels::reduce_group(in.data() + grp * g * n, n, g, n, mode, out.data() + grp * n);
 }
 
+}  // namespace kernels
 }  // namespace kvevict

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <span>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "../compact.hpp"
@@ -58,58 +59,65 @@ inline index_t check_rope(const Rope& rope, index_t head_dim) {
   return rd;
 }
 
-/// Rotates the keys of tokens [0, deltas.size()) of one head, token t by deltas[t] positions.
-/// cos/sin are recomputed only when the delta changes (runs of equal deltas are common).
+/// The two coordinates RoPE's k-th frequency rotates: (k, k + half) NeoX, (2k, 2k + 1) GPT-J.
+constexpr std::pair<index_t, index_t> rope_pair(RopeStyle style, index_t half, index_t k) noexcept {
+  return style == RopeStyle::neox ? std::pair{k, k + half} : std::pair{2 * k, 2 * k + 1};
+}
+
+/// θ_k = base^(−2k/rd) for k < rd / 2: the frequencies of a rotary dimension rd.
+inline void rope_frequencies(const Rope& rope, index_t rd, std::vector<double>& freq) {
+  freq.resize(static_cast<std::size_t>(rd / 2));
+  for (index_t k = 0; k < rd / 2; ++k)
+    freq[static_cast<std::size_t>(k)] =
+        std::pow(rope.base, -2.0 * static_cast<double>(k) / static_cast<double>(rd));
+}
+
+/// cos and sin of `position` · θ_k into c[k], s[k] (`freq.size()` of each).
+inline void rope_angles(std::span<const double> freq, double position, double* c,
+                        double* s) noexcept {
+  for (std::size_t k = 0; k < freq.size(); ++k) {
+    const double angle = position * freq[k];
+    c[k] = std::cos(angle);
+    s[k] = std::sin(angle);
+  }
+}
+
+/// Rotates the `half` pairs of x (floats or doubles) by the angles whose cosines and sines are
+/// c[k], s[k], in double: the one RoPE rotation of the library (keys shifted by `rope_shift`,
+/// ExpectedAttention's queries, the generated workloads).
+template <class X>
+void rotate_pairs(X* x, RopeStyle style, index_t half, const double* c, const double* s) noexcept {
+  for (index_t k = 0; k < half; ++k) {
+    const auto [a, b] = rope_pair(style, half, k);
+    const double xa = x[a], xb = x[b];
+    x[a] = static_cast<X>(xa * c[k] - xb * s[k]);
+    x[b] = static_cast<X>(xa * s[k] + xb * c[k]);
+  }
+}
+
+/// Rotates the keys of tokens [0, deltas.size()) of one head, token t by deltas[t] positions:
+/// each row is read as fp32 (dequantized), rotated in double and written back as the engine
+/// writes it (`KVCache::write`: rounded, or requantized with new per-token scales). cos/sin are
+/// recomputed only when the delta changes (runs of equal deltas are common). `cs`: rd doubles.
 template <Element T>
 void shift_head(const KVCache<T>& kv, index_t head, std::span<const std::int64_t> deltas,
                 const Rope& rope, index_t rd, std::vector<double>& freq, std::vector<double>& cs) {
   const index_t half = rd / 2;
-  [[maybe_unused]] std::vector<float> row;
+  std::vector<float> row(static_cast<std::size_t>(kv.head_dim()));
   std::int64_t current = 0;
   bool have = false;
   for (std::size_t t = 0; t < deltas.size(); ++t) {
     const std::int64_t delta = deltas[t];
     if (delta == 0) continue;
     if (!have || delta != current) {
-      for (index_t k = 0; k < half; ++k) {
-        const double angle = static_cast<double>(delta) * freq[static_cast<std::size_t>(k)];
-        cs[static_cast<std::size_t>(2 * k)] = std::cos(angle);
-        cs[static_cast<std::size_t>(2 * k + 1)] = std::sin(angle);
-      }
+      rope_angles(freq, static_cast<double>(delta), cs.data(), cs.data() + half);
       current = delta;
       have = true;
     }
-    const auto rotate = [&](auto* x, auto load, auto store) {
-      for (index_t k = 0; k < half; ++k) {
-        const index_t a = rope.style == RopeStyle::neox ? k : 2 * k;
-        const index_t b = rope.style == RopeStyle::neox ? k + half : 2 * k + 1;
-        const double c = cs[static_cast<std::size_t>(2 * k)],
-                     s = cs[static_cast<std::size_t>(2 * k + 1)];
-        const double xa = load(x[a]), xb = load(x[b]);
-        x[a] = store(static_cast<float>(xa * c - xb * s));
-        x[b] = store(static_cast<float>(xa * s + xb * c));
-      }
-    };
-    if constexpr (QuantizedElement<T>) {  // dequantize → rotate → requantize the whole row
-      row.resize(static_cast<std::size_t>(kv.head_dim()));
-      kv.read(Tensor::keys, head, static_cast<index_t>(t), row.data());
-      rotate(
-          row.data(), [](float v) { return static_cast<double>(v); }, [](float v) { return v; });
-      kv.write(Tensor::keys, head, static_cast<index_t>(t), row.data());
-    } else {
-      rotate(
-          kv.key(head, static_cast<index_t>(t)).data(),
-          [](T v) { return static_cast<double>(to_float(v)); },
-          [](float v) { return from_float<T>(v); });
-    }
+    kv.read(Tensor::keys, head, static_cast<index_t>(t), row.data());
+    rotate_pairs(row.data(), rope.style, half, cs.data(), cs.data() + half);
+    kv.write(Tensor::keys, head, static_cast<index_t>(t), row.data());
   }
-}
-
-inline void rope_frequencies(const Rope& rope, index_t rd, std::vector<double>& freq) {
-  freq.resize(static_cast<std::size_t>(rd / 2));
-  for (index_t k = 0; k < rd / 2; ++k)
-    freq[static_cast<std::size_t>(k)] =
-        std::pow(rope.base, -2.0 * static_cast<double>(k) / static_cast<double>(rd));
 }
 
 }  // namespace detail

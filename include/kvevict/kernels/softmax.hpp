@@ -56,6 +56,7 @@ inline float exp_nonpositive(float x) noexcept {
 
 }  // namespace detail
 
+namespace kernels {
 /// q · k over `n` fp32 elements (Eigen's vectorised dot: one fixed summation order per build,
 /// so two callers computing the same logit get the same bits).
 inline float dot(const float* q, const float* k, index_t n) noexcept {
@@ -83,4 +84,5 @@ inline bool softmax_inplace(std::span<float> x) noexcept {
   return true;
 }
 
+}  // namespace kernels
 }  // namespace kvevict

@@ -23,6 +23,7 @@
 
 namespace kvevict {
 
+namespace kernels {
 /// A 32-bit key that orders like the float (−0 and +0 equal; NaN above +inf).
 inline std::uint32_t order_key(float x) noexcept {
   const auto u = std::bit_cast<std::uint32_t>(x + 0.0f);  // + 0 turns −0 into +0
@@ -43,7 +44,7 @@ inline index_t top_k(std::span<const float> scores, index_t begin, index_t end, 
   std::size_t m = 0;
   for (index_t i = begin; i < end; ++i)
     if (keep[static_cast<std::size_t>(i)] == 0)
-      keys[m++] = (std::uint64_t{order_key(scores[static_cast<std::size_t>(i)])} << 32) |
+      keys[m++] = (std::uint64_t{kernels::order_key(scores[static_cast<std::size_t>(i)])} << 32) |
                   static_cast<std::uint32_t>(i);
   const std::size_t take = std::min(m, static_cast<std::size_t>(k));
   if (take < m)
@@ -75,4 +76,5 @@ inline void add_head_from_mask(Selection& out, std::span<const std::uint8_t> kee
     if (keep[t] != 0) kept[next++] = static_cast<token_t>(t);
 }
 
+}  // namespace kernels
 }  // namespace kvevict

@@ -38,6 +38,7 @@ constexpr std::array<NormKind, 2> all_values(NormKind) {
   return {NormKind::l1, NormKind::l2};
 }
 
+namespace kernels {
 /// G_h = W_o^h W_o^hᵀ (head_dim × head_dim, row-major) for every query head, concatenated:
 /// what the L2 norm needs, computed once per layer. O(q_heads · head_dim² · hidden) FLOPs;
 /// allocates the result (q_heads · head_dim² floats) and one head of W_o in fp32.
@@ -54,6 +55,7 @@ inline std::vector<float> gram_matrices(const OutputProjection& wo) {
   return out;
 }
 
+}  // namespace kernels
 namespace detail {
 
 /// Names the first non-finite value of KV head `kvh` or element of W_o head `h` (slow path).
@@ -81,6 +83,7 @@ template <Element T>
 
 }  // namespace detail
 
+namespace kernels {
 /// `out[h · m + j] = ‖V_{h/g}[j] · W_o^h‖` for every query head h of `wo` and token j in
 /// [0, m), g = q_heads / kv_heads. L1: one GEMM per block of tokens and head against W_o^h
 /// (2·m·d·hidden FLOPs per query head) and a row-wise |·| sum; L2: `sqrt(vᵀ G_h v)` from
@@ -146,4 +149,5 @@ void projected_value_norms(const KVCache<T>& kv, const OutputProjection& wo, ind
   }
 }
 
+}  // namespace kernels
 }  // namespace kvevict

@@ -16,6 +16,7 @@
 #include "../choose.hpp"
 #include "../error.hpp"
 #include "../kernels/attention.hpp"
+#include "../kernels/norm.hpp"
 #include "../kernels/reduce.hpp"
 #include "../kv_cache.hpp"
 #include "../metadata.hpp"
@@ -216,8 +217,8 @@ class Cascade : public OneShot<Cascade, CascadeParams> {
     // itself is not a float (it rounds to 1 − 1.19e-7, a 19% error in c).
     const auto c = static_cast<float>(1.0 - params_.beta);
     for (index_t h = 0; h < core.stored(); ++h) {
-      reduce_group(rows.data + h * g * rows.head_stride, rows.head_stride, g, slots, params_.reduce,
-                   st.step.data());
+      kernels::reduce_group(rows.data + h * g * rows.head_stride, rows.head_stride, g, slots,
+                            params_.reduce, st.step.data());
       float* score = st.score.data() + h * slots;
       for (index_t s = 0; s < slots; ++s)  // free slots too: harmless, reset on append
         score[s] = score[s] - c * score[s] + c * st.step[static_cast<std::size_t>(s)];
@@ -286,11 +287,12 @@ class Cascade : public OneShot<Cascade, CascadeParams> {
         weights[static_cast<std::size_t>(i)] = static_cast<float>(
             (1.0 - params_.beta) * std::pow(params_.beta, static_cast<double>(chunk - 1 - i)));
       const auto attention = ws.take<float>(queries.q_heads() * cols);
-      window_attention(view, queries.sub(c0, chunk),
-                       {.reduce = WindowReduce::sum, .query_weights = weights}, attention, ws);
+      kernels::window_attention(view, queries.sub(c0, chunk),
+                                {.reduce = WindowReduce::sum, .query_weights = weights}, attention,
+                                ws);
       const auto gained = ws.take<float>(stored * cols);
-      reduce_groups(attention, queries.q_heads(), cols, kv_heads, params_.reduce,
-                    stored == 1 && one_set(params_.granularity), gained);
+      kernels::reduce_groups(attention, queries.q_heads(), cols, kv_heads, params_.reduce,
+                             stored == 1 && one_set(params_.granularity), gained);
       // β^chunk · s as s − (1 − β^chunk)·s, the complement from double (see `observed`).
       const auto fade =
           static_cast<float>(-std::expm1(static_cast<double>(chunk) * std::log(params_.beta)));
@@ -343,13 +345,17 @@ class Cascade : public OneShot<Cascade, CascadeParams> {
       detail::fail("first_position",
                    detail::cat("a position after the previous one (", core.last_position(), ")"),
                    first_position);
-    const auto norm = [](const auto& row, std::string_view what, auto... where) {
-      double sum = 0;
-      for (const auto& e : row) {
-        const float x = to_float(e);
-        if (!std::isfinite(x)) detail::fail(what, "finite values", x, where...);
-        sum += static_cast<double>(x) * x;
-      }
+    std::vector<float> row(
+        static_cast<std::size_t>(std::max(queries.head_dim(), slots.head_dim())));
+    const auto norm = [&](const auto& elements, std::string_view what, auto... where) {
+      const std::span<float> x(row.data(), elements.size());
+      to_float(elements.data(), x.data(), static_cast<index_t>(x.size()));
+      const double sum = kernels::squared_norm(x);
+      if (!std::isfinite(sum))  // a non-finite value: name the first
+        detail::fail(
+            what, "finite values",
+            *std::find_if_not(x.begin(), x.end(), [](float v) { return std::isfinite(v); }),
+            where...);
       return std::sqrt(sum);
     };
     double q_max = 0, k_max = 0;
@@ -406,7 +412,8 @@ class Cascade : public OneShot<Cascade, CascadeParams> {
   template <Element T>
   Scores score(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries, Granularity,
                Workspace& ws) const {
-    return attention_scores(kv, queries, {.reduce = WindowReduce::sum}, params_.reduce, ws);
+    return kernels::attention_scores(kv, queries, {.reduce = WindowReduce::sum}, params_.reduce,
+                                     ws);
   }
 
  private:

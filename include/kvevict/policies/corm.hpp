@@ -131,8 +131,8 @@ class CORM : public OneShot<CORM, CORMParams> {
       index_t important = 0;
       for (index_t j = 0; j < row.last(); ++j)
         important += row.score[static_cast<std::size_t>(j)] >= 1.0f;
-      top_k(row.score, 0, row.last(), std::min(important, cap(row.n, row.budget) - row.marked),
-            keep, ws);
+      kernels::top_k(row.score, 0, row.last(),
+                     std::min(important, cap(row.n, row.budget) - row.marked), keep, ws);
     }
   };
 
@@ -148,8 +148,8 @@ class CORM : public OneShot<CORM, CORMParams> {
     const auto weights = ws.take<float>(w);
     for (index_t i = 0; i < w; ++i)
       weights[static_cast<std::size_t>(i)] = static_cast<float>(n - w + i + 1);
-    return attention_scores(kv, queries, {.reduce = WindowReduce::max, .query_weights = weights},
-                            GroupReduce::max, ws);
+    return kernels::attention_scores(
+        kv, queries, {.reduce = WindowReduce::max, .query_weights = weights}, GroupReduce::max, ws);
   }
 
   // ---- streaming (budget-free) -------------------------------------------------------------
@@ -205,8 +205,8 @@ class CORM : public OneShot<CORM, CORMParams> {
       for (index_t c0 = 0; c0 < slots; c0 += chunk) {
         const index_t count = std::min(chunk, slots - c0);
         // The group's maximum: important for any of its query heads.
-        reduce_group(rows.data + h * g * rows.head_stride + c0, rows.head_stride, g, count,
-                     GroupReduce::max, st.step.data());
+        kernels::reduce_group(rows.data + h * g * rows.head_stride + c0, rows.head_stride, g, count,
+                              GroupReduce::max, st.step.data());
         for (index_t i = 0; i < count; ++i) {
           const index_t s = c0 + i;
           if (st.step[static_cast<std::size_t>(i)] >= threshold) last[s] = st.t;

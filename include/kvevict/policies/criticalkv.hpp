@@ -109,7 +109,7 @@ class CriticalKV : public OneShot<CriticalKV, CriticalKVParams> {
 
   /// Validates `p` (`check`), then precomputes W_o's Gram matrices for the l2 norm.
   CriticalKV(const Params& p, const OutputProjection& wo) : OneShot(p), wo_(wo) {
-    if (p.norm == NormKind::l2) gram_ = gram_matrices(wo);
+    if (p.norm == NormKind::l2) gram_ = kernels::gram_matrices(wo);
   }
   /// Throws `kvevict::error` naming the first invalid parameter (the constructor calls it).
   static void check(const Params& p) {
@@ -151,14 +151,14 @@ class CriticalKV : public OneShot<CriticalKV, CriticalKVParams> {
                                                           static_cast<float>(first_stage_ratio)));
       }
       const index_t stage1 = std::clamp<index_t>(b1 - window, 0, prefix_budget);
-      top_k(row.score, 0, m, stage1, keep, ws);
+      kernels::top_k(row.score, 0, m, stage1, keep, ws);
       Workspace::Frame frame(ws);
       const auto key = ws.take<float>(m);
       const auto eps = static_cast<float>(epsilon);
       for (index_t j = 0; j < m; ++j)
         key[static_cast<std::size_t>(j)] = (row.score[static_cast<std::size_t>(j)] + eps) *
                                            row.second[static_cast<std::size_t>(j)];
-      top_k(key, 0, m, prefix_budget - stage1, keep, ws);
+      kernels::top_k(key, 0, m, prefix_budget - stage1, keep, ws);
     }
   };
 
@@ -197,22 +197,15 @@ class CriticalKV : public OneShot<CriticalKV, CriticalKVParams> {
     {
       Workspace::Frame frame(ws);
       const auto per_head = ws.take<float>(q_heads * prefix);
-      projected_value_norms(kv, wo_, prefix, params_.norm, gram_, per_head, ws);
+      kernels::projected_value_norms(kv, wo_, prefix, params_.norm, gram_, per_head, ws);
       for (index_t h = 0; h < q_heads; ++h) {
         std::copy_n(per_head.data() + h * prefix, prefix, norms.data() + h * n);
         std::fill_n(norms.data() + h * n + prefix, w, 0.0f);  // the window: protected
       }
     }
-    return {.values = s,
-            .rows = q_heads,
-            .tokens = n,
-            .kv_heads = kv.kv_heads(),
-            .kind = ScoreRows::query_heads,
-            .reduce = params_.reduce,
-            .protect = protect(n),
-            .second = norms,
-            .second_reduce = GroupReduce::mean,
-            .layer = kv.layer()};
+    Scores scores = Scores::of_query_heads(s, q_heads, kv, params_.reduce, protect(n));
+    scores.second = norms;  // reduced over each group by its mean
+    return scores;
   }
 
  private:

@@ -23,6 +23,7 @@
 #include "../error.hpp"
 #include "../kernels/attention.hpp"
 #include "../kernels/finite.hpp"
+#include "../kernels/norm.hpp"
 #include "../kernels/rope.hpp"
 #include "../kv_cache.hpp"
 #include "../metadata.hpp"
@@ -32,38 +33,6 @@
 #include "../workspace.hpp"
 
 namespace kvevict {
-
-namespace detail {
-/// Σ x² in double over partial sums (one chain of dependent adds per value row was a third of a
-/// periodic compression at 32K; the partial sums change only the double's last bits). On
-/// AVX-512 targets eight lanes of doubles from converted floats (the compiler kept the scalar
-/// form: it may not reorder a floating-point reduction itself), elsewhere four partial sums.
-inline double squared_norm(std::span<const float> x) noexcept {
-  std::size_t i = 0;
-#if defined(__AVX512F__)
-  __m512d acc = _mm512_setzero_pd();
-  for (; i + 8 <= x.size(); i += 8) {
-    const __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(x.data() + i));
-    acc = _mm512_fmadd_pd(v, v, acc);
-  }
-  if (i < x.size()) {
-    const auto m = static_cast<__mmask8>((1u << (x.size() - i)) - 1u);
-    const __m512d v = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, x.data() + i));
-    acc = _mm512_fmadd_pd(v, v, acc);
-  }
-  // not _mm512_reduce_add_pd: GCC 12's header trips -Werror=uninitialized in it
-  alignas(64) double lane[8];
-  _mm512_store_pd(lane, acc);
-  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-#else
-  double acc[4] = {0.0, 0.0, 0.0, 0.0};
-  for (; i + 4 <= x.size(); i += 4)
-    for (std::size_t u = 0; u < 4; ++u) acc[u] += static_cast<double>(x[i + u]) * x[i + u];
-  for (; i < x.size(); ++i) acc[0] += static_cast<double>(x[i]) * x[i];
-  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
-#endif
-}
-}  // namespace detail
 
 /// Parameters of `ExpectedAttention` (kvpress's defaults).
 struct ExpectedAttentionParams {
@@ -199,36 +168,26 @@ class ExpectedAttention : public OneShot<ExpectedAttention, ExpectedAttentionPar
     const auto out = ws.take<float>(kv.kv_heads() * n);
     std::fill(out.begin(), out.end(), 0.0f);
     Workspace::Frame frame(ws);
-    // pair p = (a, b): neox (i, i + d/2), gptj (2i, 2i + 1); frequency θ_i = base^(−2i/d)
-    const auto pair = [&](index_t i) -> std::pair<index_t, index_t> {
-      return params_.rope_style == RopeStyle::neox ? std::pair{i, i + half}
-                                                   : std::pair{2 * i, 2 * i + 1};
-    };
-    std::vector<double> theta(static_cast<std::size_t>(half)), cbar(theta.size()),
-        sbar(theta.size());
-    for (index_t i = 0; i < half; ++i) {
-      theta[static_cast<std::size_t>(i)] =
-          std::pow(params_.rope_base, -2.0 * static_cast<double>(i) / static_cast<double>(d));
-      double c = 0, s = 0;
-      for (index_t t = n; t < n + params_.n_future; ++t) {
-        c += std::cos(static_cast<double>(t) * theta[static_cast<std::size_t>(i)]);
-        s += std::sin(static_cast<double>(t) * theta[static_cast<std::size_t>(i)]);
+    // R̄ = mean over the future positions of R_t (per frequency θ_i: mean cos, mean sin)
+    std::vector<double> theta, cbar(static_cast<std::size_t>(half)), sbar(cbar.size()),
+        ct(cbar.size()), st(cbar.size());
+    detail::rope_frequencies({.base = params_.rope_base}, d, theta);
+    for (index_t t = n; t < n + params_.n_future; ++t) {
+      detail::rope_angles(theta, static_cast<double>(t), ct.data(), st.data());
+      for (std::size_t i = 0; i < ct.size(); ++i) {
+        cbar[i] += ct[i];
+        sbar[i] += st[i];
       }
-      cbar[static_cast<std::size_t>(i)] = c / static_cast<double>(params_.n_future);
-      sbar[static_cast<std::size_t>(i)] = s / static_cast<double>(params_.n_future);
+    }
+    for (std::size_t i = 0; i < cbar.size(); ++i) {
+      cbar[i] /= static_cast<double>(params_.n_future);
+      sbar[i] /= static_cast<double>(params_.n_future);
     }
     std::vector<double> q(static_cast<std::size_t>(d)), mu(q.size()), mu2(q.size()), k(q.size());
     std::vector<float> vrow(static_cast<std::size_t>(kv.head_dim_v()));
     const auto rotate_pairs = [&](std::vector<double>& x, std::span<const double> c,
-                                  std::span<const double> s) {
-      for (index_t i = 0; i < half; ++i) {
-        const auto [a, b] = pair(i);
-        const double xa = x[static_cast<std::size_t>(a)], xb = x[static_cast<std::size_t>(b)];
-        x[static_cast<std::size_t>(a)] =
-            c[static_cast<std::size_t>(i)] * xa - s[static_cast<std::size_t>(i)] * xb;
-        x[static_cast<std::size_t>(b)] =
-            s[static_cast<std::size_t>(i)] * xa + c[static_cast<std::size_t>(i)] * xb;
-      }
+                                  std::span<const double> sn) {
+      detail::rotate_pairs(x.data(), params_.rope_style, half, c.data(), sn.data());
     };
     // Per query head of a KV group, the columns of B (d × g·cols, float): μ' = R̄μ, then with
     // use_covariance the N − 1 rotated folded queries y_j = R̄z_j. Σ' = R̄ΣR̄ᵀ with
@@ -258,12 +217,8 @@ class ExpectedAttention : public OneShot<ExpectedAttention, ExpectedAttentionPar
           const auto qq = queries.query(h, pos - (n - w));
           for (index_t e = 0; e < d; ++e)
             q[static_cast<std::size_t>(e)] = to_float(qq[static_cast<std::size_t>(e)]);
-          for (index_t i = 0; i < half; ++i) {  // R(−pos)
-            cpos[static_cast<std::size_t>(i)] =
-                std::cos(static_cast<double>(pos) * theta[static_cast<std::size_t>(i)]);
-            spos[static_cast<std::size_t>(i)] =
-                -std::sin(static_cast<double>(pos) * theta[static_cast<std::size_t>(i)]);
-          }
+          detail::rope_angles(theta, -static_cast<double>(pos), cpos.data(),
+                              spos.data());  // R(−pos)
           rotate_pairs(q, cpos, spos);
           for (index_t e = 0; e < d; ++e) {
             if (!std::isfinite(q[static_cast<std::size_t>(e)])) {
@@ -323,7 +278,7 @@ class ExpectedAttention : public OneShot<ExpectedAttention, ExpectedAttentionPar
           for (index_t t = 0; t < len; ++t) {
             const float* const prod = pblock.data() + t * pr + hh * cols;  // μ'·k, then y_j·k
             const double quad =
-                detail::squared_norm({prod + 1, static_cast<std::size_t>(cols - 1)});
+                kernels::squared_norm({prod + 1, static_cast<std::size_t>(cols - 1)});
             lg[t] = static_cast<double>(prod[0]) / std::sqrt(static_cast<double>(d)) +
                     quad / static_cast<double>(count) / (2.0 * static_cast<double>(d));
             if (!std::isfinite(lg[t])) {  // a non-finite key, else an overflow of finite ones
@@ -350,19 +305,14 @@ class ExpectedAttention : public OneShot<ExpectedAttention, ExpectedAttentionPar
       for (index_t h = 0; h < kv.kv_heads(); ++h)
         for (index_t t = sinks; t < n; ++t) {
           kv.read(Tensor::values, h, t, vrow.data());
-          const double s2 = detail::squared_norm(vrow);
+          const double s2 = kernels::squared_norm(vrow);
           if (!std::isfinite(s2)) whole_check();  // a non-finite value (or a key before it)
           float& o = out[static_cast<std::size_t>(h * n + t)];
           o = static_cast<float>((static_cast<double>(o) + params_.epsilon) * std::sqrt(s2));
         }
-    return {.values = out,
-            .rows = kv.kv_heads(),
-            .tokens = n,
-            .kv_heads = kv.kv_heads(),
-            .kind = ScoreRows::kv_heads,
-            .reduce = GroupReduce::mean,
-            .protect = protect(n),
-            .layer = kv.layer()};
+    Scores scores = Scores::of_kv_heads(out, kv);
+    scores.protect = protect(n);
+    return scores;
   }
 };
 

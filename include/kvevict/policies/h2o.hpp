@@ -102,7 +102,8 @@ class H2O : public OneShot<H2O, H2OParams> {
   Scores score(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries, Granularity g,
                Workspace& ws) const {
     if (params_.reduce != GroupReduce::max)  // linear: sum over queries, then reduce
-      return attention_scores(kv, queries, {.reduce = WindowReduce::sum}, params_.reduce, ws);
+      return kernels::attention_scores(kv, queries, {.reduce = WindowReduce::sum}, params_.reduce,
+                                       ws);
     const index_t n = kv.tokens(), q_heads = queries.q_heads();
     Scores out{
         .tokens = n, .kv_heads = kv.kv_heads(), .reduce = params_.reduce, .layer = kv.layer()};
@@ -116,8 +117,8 @@ class H2O : public OneShot<H2O, H2OParams> {
       const index_t m = n - queries.window() + i + 1;
       const auto row = attention.first(static_cast<std::size_t>(q_heads * m));
       const auto red = reduced.first(static_cast<std::size_t>(stored * m));
-      window_attention(kv.with_tokens(m), queries.sub(i, 1), {}, row, ws);
-      reduce_groups(row, q_heads, m, kv.kv_heads(), GroupReduce::max, shared, red);
+      kernels::window_attention(kv.with_tokens(m), queries.sub(i, 1), {}, row, ws);
+      kernels::reduce_groups(row, q_heads, m, kv.kv_heads(), GroupReduce::max, shared, red);
       for (index_t h = 0; h < stored; ++h)
         for (index_t j = 0; j < m; ++j)
           acc[static_cast<std::size_t>(h * n + j)] += red[static_cast<std::size_t>(h * m + j)];
@@ -183,8 +184,8 @@ class H2O : public OneShot<H2O, H2OParams> {
       // Free slots accumulate whatever the engine left there; `append` resets a slot's acc.
       for (index_t c0 = 0; c0 < slots; c0 += chunk) {
         const index_t count = std::min(chunk, slots - c0);
-        reduce_group(rows.data + h * g * rows.head_stride + c0, rows.head_stride, g, count,
-                     params_.reduce, step);
+        kernels::reduce_group(rows.data + h * g * rows.head_stride + c0, rows.head_stride, g, count,
+                              params_.reduce, step);
         float m = inf;
         for (index_t s = 0; s < count; ++s) {
           const float a = acc[c0 + s] + step[s];

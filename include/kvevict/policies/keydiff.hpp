@@ -17,6 +17,7 @@
 #include "../element.hpp"
 #include "../error.hpp"
 #include "../kernels/finite.hpp"
+#include "../kernels/norm.hpp"
 #include "../kernels/topk.hpp"
 #include "../kv_cache.hpp"
 #include "../metadata.hpp"
@@ -41,8 +42,7 @@ namespace detail {
 
 /// x / max(‖x‖₂, eps) into `out` (fp32 in, double norm).
 inline void normalise(const float* x, index_t d, double eps, float* out) {
-  double sum = 0;
-  for (index_t i = 0; i < d; ++i) sum += static_cast<double>(x[i]) * x[i];
+  const double sum = kernels::squared_norm({x, static_cast<std::size_t>(d)});
   const double scale = 1.0 / std::max(std::sqrt(sum), eps);
   for (index_t i = 0; i < d; ++i) out[i] = static_cast<float>(x[i] * scale);
 }
@@ -130,13 +130,7 @@ class KeyDiff : public OneShot<KeyDiff, KeyDiffParams> {
           unit, n, d, anchor,
           out.subspan(static_cast<std::size_t>(h * n), static_cast<std::size_t>(n)));
     }
-    return {.values = out,
-            .rows = kv.kv_heads(),
-            .tokens = n,
-            .kv_heads = kv.kv_heads(),
-            .kind = ScoreRows::kv_heads,
-            .reduce = GroupReduce::mean,
-            .layer = kv.layer()};
+    return Scores::of_kv_heads(out, kv);
   }
 
   /// `OneShot::select`, or the block-iterative form when `block > 0`.
@@ -174,7 +168,7 @@ class KeyDiff : public OneShot<KeyDiff, KeyDiffParams> {
         detail::keydiff_scores(unit.first(static_cast<std::size_t>(m * d)), m, d, anchor, score);
         // the best b of the m candidates; ties to the later candidate = the more recent token
         std::fill(pick.begin(), pick.end(), std::uint8_t{0});
-        top_k(score.first(static_cast<std::size_t>(m)), 0, m, b, pick, ws);
+        kernels::top_k(score.first(static_cast<std::size_t>(m)), 0, m, b, pick, ws);
         index_t j = 0;
         for (index_t i = 0; i < m; ++i)
           if (pick[static_cast<std::size_t>(i)] != 0)
@@ -185,7 +179,7 @@ class KeyDiff : public OneShot<KeyDiff, KeyDiffParams> {
       std::fill(keep.begin(), keep.end(), std::uint8_t{0});
       for (index_t i = 0; i < kept; ++i)
         keep[static_cast<std::size_t>(cur[static_cast<std::size_t>(i)])] = 1;
-      add_head_from_mask(out, keep);
+      kernels::add_head_from_mask(out, keep);
     }
   }
 

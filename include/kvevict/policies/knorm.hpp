@@ -16,6 +16,7 @@
 #include "../element.hpp"
 #include "../error.hpp"
 #include "../kernels/finite.hpp"
+#include "../kernels/norm.hpp"
 #include "../kv_cache.hpp"
 #include "../metadata.hpp"
 #include "../one_shot.hpp"
@@ -69,22 +70,12 @@ class KNorm : public OneShot<KNorm, KNormParams> {
     for (index_t h = 0; h < kv.kv_heads(); ++h)
       for (index_t t = 0; t < n; ++t) {
         kv.read(Tensor::keys, h, t, k.data());
-        double sum = 0;
-        for (index_t i = 0; i < d; ++i) {
-          const double x = k[static_cast<std::size_t>(i)];
-          sum += x * x;
-        }
+        const double sum = kernels::squared_norm(k);
         if (!std::isfinite(sum))
           detail::fail("keys", "finite values", "a non-finite key at KV head ", h, ", token ", t);
         out[static_cast<std::size_t>(h * n + t)] = -static_cast<float>(std::sqrt(sum));
       }
-    return {.values = out,
-            .rows = kv.kv_heads(),
-            .tokens = n,
-            .kv_heads = kv.kv_heads(),
-            .kind = ScoreRows::kv_heads,
-            .reduce = GroupReduce::mean,
-            .layer = kv.layer()};
+    return Scores::of_kv_heads(out, kv);
   }
 };
 

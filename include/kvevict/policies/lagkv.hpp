@@ -124,13 +124,7 @@ class LagKV : public OneShot<LagKV, LagKVParams> {
       }
       (void)end;
     }
-    return {.values = out,
-            .rows = kv.kv_heads(),
-            .tokens = n,
-            .kv_heads = kv.kv_heads(),
-            .kind = ScoreRows::kv_heads,
-            .reduce = GroupReduce::mean,
-            .layer = kv.layer()};
+    return Scores::of_kv_heads(out, kv);
   }
 
  private:

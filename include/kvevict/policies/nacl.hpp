@@ -201,7 +201,7 @@ class NACL : public OneShot<NACL, NACLParams> {
       const index_t first = row.first(), last = row.last();
       const index_t extra = row.budget - row.marked;
       const index_t c_random = randoms(extra), c_top = extra - c_random;
-      top_k(row.score, first, last, c_top, keep, ws);
+      kernels::top_k(row.score, first, last, c_top, keep, ws);
       // Gumbel-top-k over the remaining candidates: P(kept) follows sampling ∝ exp(s) without
       // replacement. One uniform per candidate, in index order, whatever top-k chose.
       Workspace::Frame frame(ws);
@@ -213,7 +213,7 @@ class NACL : public OneShot<NACL, NACLParams> {
         keys[static_cast<std::size_t>(j)] =
             row.score[static_cast<std::size_t>(j)] - static_cast<float>(std::log(-std::log(u)));
       }
-      top_k(keys, first, last, c_random, keep, ws);
+      kernels::top_k(keys, first, last, c_random, keep, ws);
     }
   };
 
@@ -227,8 +227,9 @@ class NACL : public OneShot<NACL, NACLParams> {
     const NACLSplit sp = split(kv.tokens());
     const QueryWindow<query_type<T>> proxies =
         sp.proxies == 0 ? queries : queries.last(std::min(sp.proxies, queries.window()));
-    return attention_scores(kv, proxies, {.reduce = WindowReduce::sum, .causal = params_.causal},
-                            params_.reduce, ws, {sp.sinks, sp.recent});
+    return kernels::attention_scores(kv, proxies,
+                                     {.reduce = WindowReduce::sum, .causal = params_.causal},
+                                     params_.reduce, ws, {sp.sinks, sp.recent});
   }
 };
 

@@ -57,12 +57,14 @@ std::span<float> snapkv_scores(const KVCache<T>& kv, const QueryWindow<query_typ
   const index_t n = kv.tokens(), w = window.window(), prefix = n - w;
   const index_t q_heads = window.q_heads();
   const auto attention = ws.take<float>(q_heads * n);
-  window_attention(kv, window, {.reduce = WindowReduce::mean, .causal = true}, attention, ws);
+  kernels::window_attention(kv, window, {.reduce = WindowReduce::mean, .causal = true}, attention,
+                            ws);
   const auto pooled = ws.take<float>(q_heads * n);
   for (index_t h = 0; h < q_heads; ++h) {
-    pool1d(attention.subspan(static_cast<std::size_t>(h * n), static_cast<std::size_t>(prefix)),
-           pooled.subspan(static_cast<std::size_t>(h * n), static_cast<std::size_t>(prefix)),
-           kernel, pool, ws);
+    kernels::pool1d(
+        attention.subspan(static_cast<std::size_t>(h * n), static_cast<std::size_t>(prefix)),
+        pooled.subspan(static_cast<std::size_t>(h * n), static_cast<std::size_t>(prefix)), kernel,
+        pool, ws);
     std::fill_n(pooled.data() + h * n + prefix, w, 0.0f);  // protected: never ranked
   }
   return pooled;
@@ -137,14 +139,7 @@ class SnapKV : public OneShot<SnapKV, SnapKVParams> {
     check_inputs(kv, queries);
     const auto s =
         detail::snapkv_scores(kv, queries.last(params_.window), params_.kernel, params_.pool, ws);
-    return {.values = s,
-            .rows = queries.q_heads(),
-            .tokens = kv.tokens(),
-            .kv_heads = kv.kv_heads(),
-            .kind = ScoreRows::query_heads,
-            .reduce = params_.reduce,
-            .protect = protect(kv.tokens()),
-            .layer = kv.layer()};
+    return Scores::of_query_heads(s, queries.q_heads(), kv, params_.reduce, protect(kv.tokens()));
   }
 };
 

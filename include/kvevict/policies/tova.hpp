@@ -69,8 +69,8 @@ class TOVA : public OneShot<TOVA, TOVAParams> {
   template <Element T>
   Scores score(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries, Granularity,
                Workspace& ws) const {
-    return attention_scores(kv, queries.last(1), {.reduce = WindowReduce::sum}, GroupReduce::mean,
-                            ws);
+    return kernels::attention_scores(kv, queries.last(1), {.reduce = WindowReduce::sum},
+                                     GroupReduce::mean, ws);
   }
 
   // ---- streaming: evict the argmin of each step's attention --------------------------------
@@ -100,8 +100,8 @@ class TOVA : public OneShot<TOVA, TOVAParams> {
     for (index_t h = 0; h < core.stored(); ++h) {
       if (core.size(h) <= core.budget()) continue;
       // The group's sum ranks like its mean.
-      reduce_group(rows.data + h * g * rows.head_stride, rows.head_stride, g, core.slots(),
-                   GroupReduce::sum, st.score.data());
+      kernels::reduce_group(rows.data + h * g * rows.head_stride, rows.head_stride, g, core.slots(),
+                            GroupReduce::sum, st.score.data());
       core.evict(h, core.lowest(h, st.score.data(), [](index_t) { return true; }));
     }
   }
