@@ -296,6 +296,170 @@ inline void page_scores(std::span<const float> row, index_t n, index_t page, Pro
 
 }  // namespace detail
 
+namespace detail {
+
+/// What every granularity chooses from: the layers' shape, the resolved budget, the protected
+/// regions, the candidate range between them, and the rows the rule ranks (one per KV head,
+/// or one for a single set; either channel empty when the scores have none).
+struct ChoiceRows {
+  index_t n = 0, kv_heads = 0, budget = 0, layer = 0;
+  Protected protect = {};
+  index_t first = 0, last = 0;  ///< candidates [first, last)
+  std::span<const float> values = {}, second = {};
+
+  /// Row h (of `len` entries) of a channel, or an empty span.
+  static std::span<const float> row(std::span<const float> c, index_t h, index_t len) {
+    return c.empty() ? c
+                     : c.subspan(static_cast<std::size_t>(h * len), static_cast<std::size_t>(len));
+  }
+};
+
+/// Every layer's scores valid, over the same tokens and heads, with scores where the rule
+/// reads them; several layers only for `Granularity::layers`.
+template <ChoiceRule R>
+void check_layers(std::span<const Scores> layers, Granularity g) {
+  if (layers.empty()) fail("scores", "the scores of at least one layer", "none");
+  if (layers.size() > 1 && g != Granularity::layers)
+    fail("scores", "one layer's scores (several only for granularity layers)", layers.size(),
+         " layers");
+  const index_t n = layers[0].tokens, kv_heads = layers[0].kv_heads;
+  for (const Scores& scores : layers) {
+    scores.validate();
+    if (scores.tokens != n || scores.kv_heads != kv_heads)
+      fail("scores", cat("every layer over the same ", n, " tokens and ", kv_heads, " KV heads"),
+           scores.tokens, " tokens, ", scores.kv_heads, " KV heads");
+    if constexpr (R::reads_scores)
+      if (scores.values.empty())
+        fail("scores.values", "scores for this rule (it ranks tokens by them)", "none");
+  }
+}
+
+/// The rows the rule ranks, into `r.values` / `r.second`: each channel reduced to the
+/// granularity's rows; for `layers`, each layer's one row normalised and combined (see
+/// `combine_layer`; raw maxima for an `absolute_scores` rule). Scratch from `ws`.
+template <ChoiceRule R>
+void rank_rows(std::span<const Scores> layers, const Choice& choice, ChoiceRows& r, Workspace& ws) {
+  const Granularity g = choice.granularity;
+  const auto reduce = [&](const Scores& s, bool second) {
+    return reduce_rows(second ? s.second : s.values, s.kind, s.rows, r.n, r.kv_heads,
+                       second ? s.second_reduce : s.reduce, g, ws.take<float>(r.kv_heads * r.n));
+  };
+  for (const bool second : {false, true}) {
+    if ((second ? layers[0].second : layers[0].values).empty()) continue;
+    std::span<const float>& into = second ? r.second : r.values;
+    if (g != Granularity::layers) {
+      into = reduce(layers[0], second);
+      continue;
+    }
+    const auto combined = ws.take<float>(r.n);
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      Workspace::Frame inner(ws);
+      combine_layer(reduce(layers[l], second), r.first, r.last, choice.combine,
+                    1.0 / static_cast<double>(layers.size()), l == 0, absolute_scores_rule<R>,
+                    combined);
+    }
+    into = combined;
+  }
+}
+
+/// `Granularity::pages`: the rule picks whole pages of the shared row (scored per page), the
+/// pages holding protected tokens kept outright; every token of a kept page stays.
+template <ChoiceRule R>
+void choose_pages(const ChoiceRows& r, const Choice& choice, const R& rule, Selection& out,
+                  Workspace& ws) {
+  const index_t n = r.n, page = choice.page_size, pages = (n + page - 1) / page;
+  const Protected pp{.sinks = (r.first + page - 1) / page,
+                     .recent = r.last >= n ? 0 : pages - r.last / page,
+                     .recent_name = r.protect.recent_name};
+  const index_t page_budget = r.budget / page, page_marked = pp.count(pages);
+  if (page_budget < page_marked)
+    fail("budget",
+         cat("at least the pages holding protected tokens (", page_marked, " pages of ", page,
+             " = ", page_marked * page, " tokens)"),
+         r.budget);
+  std::span<float> ps, ps2;
+  if (!r.values.empty()) {
+    ps = ws.take<float>(pages);
+    page_scores(r.values, n, page, r.protect, choice.page_score, ps);
+  }
+  if (!r.second.empty()) {
+    ps2 = ws.take<float>(pages);
+    page_scores(r.second, n, page, r.protect, choice.page_score, ps2);
+  }
+  const auto page_keep = ws.take<std::uint8_t>(pages);
+  std::fill(page_keep.begin(), page_keep.end(), std::uint8_t{0});
+  kernels::keep_range(page_keep, 0, std::min(pp.sinks, pages));
+  kernels::keep_range(page_keep, std::max<index_t>(0, pages - pp.recent), pages);
+  rule.pick({.score = ps,
+             .second = ps2,
+             .n = pages,
+             .head = 0,
+             .layer = r.layer,
+             .budget = page_budget,
+             .protect = pp,
+             .marked = page_marked},
+            page_keep, ws);
+  const auto keep = ws.take<std::uint8_t>(n);
+  for (index_t j = 0; j < n; ++j)
+    keep[static_cast<std::size_t>(j)] = page_keep[static_cast<std::size_t>(j / page)];
+  kernels::add_head_from_mask(out, keep);
+}
+
+/// Every other granularity: per stored head (a KV head, or the one shared set) the protected
+/// regions marked and the rule's pick; `per_head` with AdaKV budgets split first; `equal`
+/// filled up, head by head, with its own top candidates to the largest head's count.
+template <ChoiceRule R>
+void choose_heads(const ChoiceRows& r, const Choice& choice, const R& rule, Selection& out,
+                  Workspace& ws) {
+  const index_t n = r.n, stored = out.stored_heads(), marked = r.protect.count(n);
+  const bool equal = choice.granularity == Granularity::equal;
+  const auto budgets = ws.take<index_t>(stored);
+  std::fill(budgets.begin(), budgets.end(), r.budget);
+  const AdaptiveBudgets* adaptive = choice.adaptive &&
+                                            choice.granularity == Granularity::per_head &&
+                                            stored > 1 && !r.values.empty()
+                                        ? &*choice.adaptive
+                                        : nullptr;
+  const index_t safeguard = adaptive ? adaptive->guaranteed(r.budget, marked) : 0;
+  if (adaptive)
+    adaptive_budgets(r.values, stored, n, r.first, r.last, marked, r.budget, safeguard, budgets,
+                     ws);
+  const auto keep = ws.take<std::uint8_t>(stored * n);
+  const auto mask_of = [&](index_t h) {
+    return keep.subspan(static_cast<std::size_t>(h * n), static_cast<std::size_t>(n));
+  };
+  index_t most = 0;
+  for (index_t h = 0; h < stored; ++h) {
+    const auto mask = mask_of(h);
+    std::fill(mask.begin(), mask.end(), std::uint8_t{0});
+    kernels::keep_range(mask, 0, r.first);
+    kernels::keep_range(mask, std::max<index_t>(0, n - r.protect.recent), n);
+    rule.pick({.score = ChoiceRows::row(r.values, h, n),
+               .second = ChoiceRows::row(r.second, h, n),
+               .n = n,
+               .head = h,
+               .layer = r.layer,
+               .budget = budgets[static_cast<std::size_t>(h)],
+               .protect = r.protect,
+               .marked = marked,
+               .adaptive = adaptive,
+               .safeguard = safeguard},
+              mask, ws);
+    if (equal) most = std::max(most, kernels::kept_count(mask));
+  }
+  for (index_t h = 0; h < stored; ++h) {
+    const auto mask = mask_of(h);
+    if (equal && !r.values.empty()) {
+      const index_t missing = most - kernels::kept_count(mask);
+      if (missing > 0)
+        kernels::top_k(ChoiceRows::row(r.values, h, n), r.first, r.last, missing, mask, ws);
+    }
+    kernels::add_head_from_mask(out, mask);
+  }
+}
+
+}  // namespace detail
+
 /// Chooses, from the scores of one layer (or, for `Granularity::layers`, of several layers
 /// given together), the tokens each KV head keeps under `choice`, with `rule` deciding among
 /// the candidates; writes the selection into `out`.
@@ -327,149 +491,32 @@ void choose(std::span<const Scores> layers, const Choice& choice, const R& rule,
             Workspace& ws) {
   detail::ClearOnError on_error(out);
   const Granularity g = choice.granularity;
-  if (layers.empty()) detail::fail("scores", "the scores of at least one layer", "none");
-  if (layers.size() > 1 && g != Granularity::layers)
-    detail::fail("scores", "one layer's scores (several only for granularity layers)",
-                 layers.size(), " layers");
-  const index_t n = layers[0].tokens, kv_heads = layers[0].kv_heads;
-  for (const Scores& scores : layers) {
-    scores.validate();
-    if (scores.tokens != n || scores.kv_heads != kv_heads)
-      detail::fail(
-          "scores",
-          detail::cat("every layer over the same ", n, " tokens and ", kv_heads, " KV heads"),
-          scores.tokens, " tokens, ", scores.kv_heads, " KV heads");
-    if constexpr (R::reads_scores)
-      if (scores.values.empty())
-        detail::fail("scores.values", "scores for this rule (it ranks tokens by them)", "none");
-  }
+  detail::check_layers<R>(layers, g);
   if (g == Granularity::pages)
     detail::require(choice.page_size >= 1, "page_size", "a page of at least 1 token for pages",
                     choice.page_size);
-  const bool one = one_set(g);
-  index_t b = n;
+  detail::ChoiceRows r{.n = layers[0].tokens, .kv_heads = layers[0].kv_heads};
+  r.budget = r.n;
   if (!choice.budget.is_none() || !budget_free_rule<R>) {
-    b = choice.budget.resolve(n);
-    if (b >= n) return out.keep_all(kv_heads, n, one);
+    r.budget = choice.budget.resolve(r.n);
+    if (r.budget >= r.n) return out.keep_all(r.kv_heads, r.n, one_set(g));
   }
-  Protected protect = rule.protect(n, b);
-  for (const Scores& scores : layers) protect = unite(protect, scores.protect);
-  rule.check(n, b, protect);
-  const bool adapt = choice.adaptive && g == Granularity::per_head;
-  if (adapt)
+  r.protect = rule.protect(r.n, r.budget);
+  for (const Scores& scores : layers) r.protect = unite(r.protect, scores.protect);
+  rule.check(r.n, r.budget, r.protect);
+  if (choice.adaptive && g == Granularity::per_head)
     detail::require(choice.adaptive->alpha >= 0.0 && choice.adaptive->alpha <= 1.0,
                     "alpha_safeguard", "a fraction in [0, 1]", choice.adaptive->alpha);
   Workspace::Frame frame(ws);
-  const index_t first_c = std::min(protect.sinks, n),
-                last_c = std::max(first_c, n - protect.recent);
-  // The rows the rule ranks: one per KV head, or one.
-  std::span<const float> first, second;
-  const auto reduce = [&](const Scores& s, bool second_channel) {
-    return second_channel ? detail::reduce_rows(s.second, s.kind, s.rows, n, kv_heads,
-                                                s.second_reduce, g, ws.take<float>(kv_heads * n))
-                          : detail::reduce_rows(s.values, s.kind, s.rows, n, kv_heads, s.reduce, g,
-                                                ws.take<float>(kv_heads * n));
-  };
-  if (g == Granularity::layers) {
-    for (const bool sc : {false, true}) {
-      if ((sc ? layers[0].second : layers[0].values).empty()) continue;
-      const auto combined = ws.take<float>(n);
-      for (std::size_t l = 0; l < layers.size(); ++l) {
-        Workspace::Frame inner(ws);
-        detail::combine_layer(reduce(layers[l], sc), first_c, last_c, choice.combine,
-                              1.0 / static_cast<double>(layers.size()), l == 0,
-                              absolute_scores_rule<R>, combined);
-      }
-      (sc ? second : first) = combined;
-    }
-  } else {
-    if (!layers[0].values.empty()) first = reduce(layers[0], false);
-    if (!layers[0].second.empty()) second = reduce(layers[0], true);
-  }
-  out.reset(kv_heads, n, one);
-  const index_t stored = out.stored_heads();
-  const index_t marked = protect.count(n);
-  const index_t layer = layers[0].layer;
-  const auto at = [&](std::span<const float> c, index_t h, index_t len) {
-    return c.empty() ? c
-                     : c.subspan(static_cast<std::size_t>(h * len), static_cast<std::size_t>(len));
-  };
-
-  if (g == Granularity::pages) {  // the rule picks pages; every token of a kept page stays
-    const index_t page = choice.page_size, pages = (n + page - 1) / page;
-    const Protected pp{.sinks = (first_c + page - 1) / page,
-                       .recent = last_c >= n ? 0 : pages - last_c / page,
-                       .recent_name = protect.recent_name};
-    const index_t page_budget = b / page, page_marked = pp.count(pages);
-    if (page_budget < page_marked)
-      detail::fail("budget",
-                   detail::cat("at least the pages holding protected tokens (", page_marked,
-                               " pages of ", page, " = ", page_marked * page, " tokens)"),
-                   b);
-    std::span<float> ps, ps2;
-    if (!first.empty()) {
-      ps = ws.take<float>(pages);
-      detail::page_scores(first, n, page, protect, choice.page_score, ps);
-    }
-    if (!second.empty()) {
-      ps2 = ws.take<float>(pages);
-      detail::page_scores(second, n, page, protect, choice.page_score, ps2);
-    }
-    const auto page_keep = ws.take<std::uint8_t>(pages);
-    std::fill(page_keep.begin(), page_keep.end(), std::uint8_t{0});
-    kernels::keep_range(page_keep, 0, std::min(pp.sinks, pages));
-    kernels::keep_range(page_keep, std::max<index_t>(0, pages - pp.recent), pages);
-    rule.pick({.score = ps,
-               .second = ps2,
-               .n = pages,
-               .head = 0,
-               .layer = layer,
-               .budget = page_budget,
-               .protect = pp,
-               .marked = page_marked},
-              page_keep, ws);
-    const auto keep = ws.take<std::uint8_t>(n);
-    for (index_t j = 0; j < n; ++j)
-      keep[static_cast<std::size_t>(j)] = page_keep[static_cast<std::size_t>(j / page)];
-    kernels::add_head_from_mask(out, keep);
-    return;
-  }
-
-  const auto budgets = ws.take<index_t>(stored);
-  std::fill(budgets.begin(), budgets.end(), b);
-  const AdaptiveBudgets* adaptive =
-      adapt && stored > 1 && !first.empty() ? &*choice.adaptive : nullptr;
-  const index_t safeguard = adaptive ? adaptive->guaranteed(b, marked) : 0;
-  if (adaptive)
-    detail::adaptive_budgets(first, stored, n, first_c, last_c, marked, b, safeguard, budgets, ws);
-  const auto keep = ws.take<std::uint8_t>(stored * n);
-  index_t most = 0;
-  for (index_t h = 0; h < stored; ++h) {
-    const auto mask = keep.subspan(static_cast<std::size_t>(h * n), static_cast<std::size_t>(n));
-    std::fill(mask.begin(), mask.end(), std::uint8_t{0});
-    kernels::keep_range(mask, 0, first_c);
-    kernels::keep_range(mask, std::max<index_t>(0, n - protect.recent), n);
-    rule.pick({.score = at(first, h, n),
-               .second = at(second, h, n),
-               .n = n,
-               .head = h,
-               .layer = layer,
-               .budget = budgets[static_cast<std::size_t>(h)],
-               .protect = protect,
-               .marked = marked,
-               .adaptive = adaptive,
-               .safeguard = safeguard},
-              mask, ws);
-    if (g == Granularity::equal) most = std::max(most, kernels::kept_count(mask));
-  }
-  for (index_t h = 0; h < stored; ++h) {
-    const auto mask = keep.subspan(static_cast<std::size_t>(h * n), static_cast<std::size_t>(n));
-    if (g == Granularity::equal && !first.empty()) {  // fill up to the largest head's count
-      const index_t missing = most - kernels::kept_count(mask);
-      if (missing > 0) kernels::top_k(at(first, h, n), first_c, last_c, missing, mask, ws);
-    }
-    kernels::add_head_from_mask(out, mask);
-  }
+  r.first = std::min(r.protect.sinks, r.n);
+  r.last = std::max(r.first, r.n - r.protect.recent);
+  r.layer = layers[0].layer;
+  detail::rank_rows<R>(layers, choice, r, ws);
+  out.reset(r.kv_heads, r.n, one_set(g));
+  if (g == Granularity::pages)
+    detail::choose_pages(r, choice, rule, out, ws);
+  else
+    detail::choose_heads(r, choice, rule, out, ws);
 }
 
 /// `choose` for one layer's scores.
