@@ -51,7 +51,7 @@ TEST(SnapKV, HandCaseMaxPoolTiesAndTheWindow) {
   expect_error([&] { SnapKV({.window = 2}).select(*c.kv, window, Budget::tokens(1), sel, ws); },
                "budget: expected at least window (2) tokens, got 1");
   expect_error([&] { SnapKV({.window = 3}).select(*c.kv, window, Budget::tokens(4), sel, ws); },
-               "queries.window: expected at least SnapKV's window (3), got 2");
+               "queries.window: expected at least the policy's window (3), got 2");
   expect_error([] { SnapKV({.kernel = 0}); }, "kernel: expected kernel >= 1, got 0");
 }
 

@@ -21,6 +21,7 @@
 #include <concepts>
 #include <cstdint>
 #include <exception>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -225,6 +226,20 @@ Parameter<typename detail::member_traits<decltype(M)>::Class> param(std::string_
               for (V v : all_values(V{})) names.push_back(to_string(v));
             return names;
           }};
+}
+
+/// Concatenates parameter lists: a policy's own and the groups it shares with others.
+template <class Params>
+std::vector<Parameter<Params>> join(std::initializer_list<std::vector<Parameter<Params>>> lists) {
+  std::vector<Parameter<Params>> out;
+  for (const auto& list : lists) out.insert(out.end(), list.begin(), list.end());
+  return out;
+}
+
+/// The `granularity` parameter (`Params::granularity`), as every scoring policy declares it.
+template <class Params>
+std::vector<Parameter<Params>> granularity_parameter() {
+  return {param<&Params::granularity>("granularity", "", "unit of the choice")};
 }
 
 }  // namespace kvevict

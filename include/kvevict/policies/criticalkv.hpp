@@ -81,7 +81,8 @@ struct CriticalKVParams {
 /// - Complexity: SnapKV's scoring + the norms (2·(n − w)·d·hidden FLOPs per query head for L1,
 ///   2·(n − w)·d² for L2) + O(n) selection per head. Scratch from `ws`; no allocation once warm.
 /// - Errors: W_o that does not match the cache or queries; B < w unless B ≥ n.
-class CriticalKV : public OneShot<CriticalKV, CriticalKVParams> {
+class CriticalKV : public OneShot<CriticalKV, CriticalKVParams>,
+                   public ObservationWindow<CriticalKV> {
  public:
   static constexpr std::string_view name = "criticalkv";
   static constexpr PolicyInfo info{
@@ -89,22 +90,14 @@ class CriticalKV : public OneShot<CriticalKV, CriticalKVParams> {
           "attention, then attention x projected value norm |V W_o| (Feng et al. 2025); needs W_o",
       .reads = reads_keys | reads_queries | reads_values | reads_output_projection};
   static std::vector<Parameter<Params>> parameters() {
-    return {
-        param<&Params::window>("window", "≥ 1", "SnapKV observation window, always kept"),
-        param<&Params::kernel>("kernel", "≥ 1", "SnapKV pooling kernel"),
-        param<&Params::pool>("pool", "", "SnapKV pooling over neighbouring tokens"),
-        param<&Params::reduce>("reduce", "",
-                               "GQA reduction of the attention over a KV head's query heads"),
-        param<&Params::first_stage_ratio>("first_stage_ratio", "[0, 1]",
-                                          "budget share chosen by attention"),
-        param<&Params::epsilon>("epsilon", "≥ 0", "added to the attention before weighting"),
-        param<&Params::norm>("norm", "", "norm of the projected values"),
-        param<&Params::ada>("ada", "", "AdaKV head-adaptive budgets"),
-        param<&Params::alpha_safeguard>("alpha_safeguard", "[0, 1]",
-                                        "AdaKV: minimum share of the budget per head"),
-        param<&Params::safeguard>(
-            "safeguard", "", "AdaKV safeguard rule (whose: kvpress's or the AdaKV repository's)"),
-        param<&Params::granularity>("granularity", "", "unit of the choice")};
+    return join<Params>(
+        {detail::window_parameters<Params>(),
+         {param<&Params::first_stage_ratio>("first_stage_ratio", "[0, 1]",
+                                            "budget share chosen by attention"),
+          param<&Params::epsilon>("epsilon", "≥ 0", "added to the attention before weighting"),
+          param<&Params::norm>("norm", "", "norm of the projected values")},
+         detail::adakv_parameters<Params>(),
+         granularity_parameter<Params>()});
   }
 
   /// Validates `p` (`check`), then precomputes W_o's Gram matrices for the l2 norm.
@@ -163,20 +156,9 @@ class CriticalKV : public OneShot<CriticalKV, CriticalKVParams> {
   };
 
   Rule rule(index_t) const noexcept { return {{}, params_.first_stage_ratio, params_.epsilon}; }
-  Protected protect(index_t) const noexcept {
-    return {.recent = params_.window, .recent_name = "window"};
-  }
-  std::optional<AdaptiveBudgets> adaptive() const {
-    if (!params_.ada) return std::nullopt;
-    return AdaptiveBudgets{.alpha = params_.alpha_safeguard, .safeguard = params_.safeguard};
-  }
-
   template <Element T>
   void check_inputs(const KVCache<T>& kv, const QueryWindow<query_type<T>>& queries) const {
-    const index_t w = params_.window;
-    if (queries.window() < w)
-      detail::fail("queries.window", detail::cat("at least CriticalKV's window (", w, ")"),
-                   queries.window());
+    ObservationWindow::check_inputs(kv, queries);
     if (wo_.q_heads() != queries.q_heads())
       detail::fail("wo.q_heads", detail::cat("the queries' q_heads (", queries.q_heads(), ")"),
                    wo_.q_heads());

@@ -17,6 +17,7 @@
 #include "../element.hpp"
 #include "../error.hpp"
 #include "../kernels/finite.hpp"
+#include "../kernels/head_rows.hpp"
 #include "../kernels/norm.hpp"
 #include "../kernels/topk.hpp"
 #include "../kv_cache.hpp"
@@ -117,20 +118,15 @@ class KeyDiff : public OneShot<KeyDiff, KeyDiffParams> {
                Workspace& ws) const {
     detail::require_finite_scales(kv);
     const index_t n = kv.tokens(), d = kv.head_dim();
-    const auto out = ws.take<float>(kv.kv_heads() * n);
-    Workspace::Frame frame(ws);
-    const auto unit = ws.take<float>(n * d), anchor = ws.take<float>(d), k = ws.take<float>(d);
-    for (index_t h = 0; h < kv.kv_heads(); ++h) {
+    return kernels::head_rows(kv, ws, [&](index_t h, std::span<float> row) {
+      const auto unit = ws.take<float>(n * d), anchor = ws.take<float>(d), k = ws.take<float>(d);
       for (index_t t = 0; t < n; ++t) {
         kv.read(Tensor::keys, h, t, k.data());
         detail::normalise(k.data(), d, 1e-12, unit.data() + t * d);
         check_finite(unit.data() + t * d, d, h, t);
       }
-      detail::keydiff_scores(
-          unit, n, d, anchor,
-          out.subspan(static_cast<std::size_t>(h * n), static_cast<std::size_t>(n)));
-    }
-    return Scores::of_kv_heads(out, kv);
+      detail::keydiff_scores(unit, n, d, anchor, row);
+    });
   }
 
   /// `OneShot::select`, or the block-iterative form when `block > 0`.

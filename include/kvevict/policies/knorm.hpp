@@ -16,6 +16,7 @@
 #include "../element.hpp"
 #include "../error.hpp"
 #include "../kernels/finite.hpp"
+#include "../kernels/head_rows.hpp"
 #include "../kernels/norm.hpp"
 #include "../kv_cache.hpp"
 #include "../metadata.hpp"
@@ -63,19 +64,17 @@ class KNorm : public OneShot<KNorm, KNormParams> {
   Scores score(const KVCache<T>& kv, const QueryWindow<query_type<T>>&, Granularity,
                Workspace& ws) const {
     detail::require_finite_scales(kv);
-    const index_t n = kv.tokens(), d = kv.head_dim();
-    const auto out = ws.take<float>(kv.kv_heads() * n);
-    Workspace::Frame frame(ws);
-    const auto k = ws.take<float>(d);
-    for (index_t h = 0; h < kv.kv_heads(); ++h)
-      for (index_t t = 0; t < n; ++t) {
+    const index_t d = kv.head_dim();
+    return kernels::head_rows(kv, ws, [&](index_t h, std::span<float> row) {
+      const auto k = ws.take<float>(d);
+      for (index_t t = 0; t < kv.tokens(); ++t) {
         kv.read(Tensor::keys, h, t, k.data());
         const double sum = kernels::squared_norm(k);
         if (!std::isfinite(sum))
           detail::fail("keys", "finite values", "a non-finite key at KV head ", h, ", token ", t);
-        out[static_cast<std::size_t>(h * n + t)] = -static_cast<float>(std::sqrt(sum));
+        row[static_cast<std::size_t>(t)] = -static_cast<float>(std::sqrt(sum));
       }
-    return Scores::of_kv_heads(out, kv);
+    });
   }
 };
 

@@ -18,6 +18,7 @@
 #include "../element.hpp"
 #include "../error.hpp"
 #include "../kernels/finite.hpp"
+#include "../kernels/head_rows.hpp"
 #include "../kv_cache.hpp"
 #include "../metadata.hpp"
 #include "../one_shot.hpp"
@@ -86,16 +87,14 @@ class LagKV : public OneShot<LagKV, LagKVParams> {
                Workspace& ws) const {
     const index_t n = kv.tokens(), sink = params_.n_sink, lag = params_.lag;
     detail::require_finite(kv, /*keys=*/true, /*values=*/true);
-    const auto out = ws.take<float>(kv.kv_heads() * n);
-    Workspace::Frame frame(ws);
-    for (index_t h = 0; h < kv.kv_heads(); ++h) {
-      float* s = out.data() + h * n;
+    return kernels::head_rows(kv, ws, [&](index_t h, std::span<float> row) {
+      float* s = row.data();
       if (n < sink + 2 * lag) {  // no partition to score: sinks, then by recency
         for (index_t j = 0; j < n; ++j)
           s[j] = j < sink ? 1.0f
                           : static_cast<float>(static_cast<double>(j - sink) /
                                                static_cast<double>(n - sink));
-        continue;
+        return;
       }
       const index_t m = (n - sink) / lag, end = sink + m * lag;
       std::fill(s, s + n, 1.0f);  // sinks, the last full partition and the remainder
@@ -123,8 +122,7 @@ class LagKV : public OneShot<LagKV, LagKVParams> {
               static_cast<float>(static_cast<double>(r) / static_cast<double>(lag));
       }
       (void)end;
-    }
-    return Scores::of_kv_heads(out, kv);
+    });
   }
 
  private:

@@ -48,6 +48,25 @@ inline void check_snapkv(const SnapKVParams& p) {
           "a fraction in [0, 1]", p.alpha_safeguard);
 }
 
+/// The parameters of an observation window scored SnapKV's way (SnapKV, CriticalKV).
+template <class Params>
+std::vector<Parameter<Params>> window_parameters() {
+  return {param<&Params::window>("window", "≥ 1", "observation window: the last queries, kept"),
+          param<&Params::kernel>("kernel", "≥ 1", "pooling kernel over the window's scores"),
+          param<&Params::pool>("pool", "", "pooling over neighbouring tokens"),
+          param<&Params::reduce>("reduce", "", "GQA reduction over a KV head's query heads")};
+}
+
+/// AdaKV's parameters (`ada`, `alpha_safeguard`, `safeguard`).
+template <class Params>
+std::vector<Parameter<Params>> adakv_parameters() {
+  return {param<&Params::ada>("ada", "", "AdaKV head-adaptive budgets"),
+          param<&Params::alpha_safeguard>("alpha_safeguard", "[0, 1]",
+                                          "AdaKV: minimum share of the budget per head"),
+          param<&Params::safeguard>("safeguard", "",
+                                    "AdaKV safeguard rule (kvpress's or the AdaKV repository's)")};
+}
+
 /// SnapKV's scores of the prefix [0, n − w) for every query head ([q_heads][n] floats from
 /// `ws`; the window's entries are not written): the window's mean attention, pooled over
 /// tokens. Shared by SnapKV and CriticalKV.
@@ -71,6 +90,32 @@ std::span<float> snapkv_scores(const KVCache<T>& kv, const QueryWindow<query_typ
 }
 }  // namespace detail
 
+/// What SnapKV and CriticalKV share beyond their scores: the observation window — the last w
+/// tokens kept outright, at least w queries required — and AdaKV's head budgets. A mixin for a
+/// policy P whose parameters have `window`, `ada`, `alpha_safeguard` and `safeguard`.
+template <class P>
+class ObservationWindow {
+ public:
+  Protected protect(index_t) const noexcept {
+    return {.recent = window_params().window, .recent_name = "window"};
+  }
+  std::optional<AdaptiveBudgets> adaptive() const {
+    if (!window_params().ada) return std::nullopt;
+    return AdaptiveBudgets{.alpha = window_params().alpha_safeguard,
+                           .safeguard = window_params().safeguard};
+  }
+  template <Element T>
+  void check_inputs(const KVCache<T>&, const QueryWindow<query_type<T>>& queries) const {
+    if (queries.window() < window_params().window)
+      detail::fail("queries.window",
+                   detail::cat("at least the policy's window (", window_params().window, ")"),
+                   queries.window());
+  }
+
+ private:
+  const auto& window_params() const noexcept { return static_cast<const P&>(*this).params(); }
+};
+
 /// SnapKV (Li et al., arXiv 2404.14469, §4.2 "Efficient clustering via pooling", Algorithm 1;
 /// upstream FasterDecoding/SnapKV `snapkv/monkeypatch/snapkv_utils.py`, `update_kv`).
 ///
@@ -91,45 +136,21 @@ std::span<float> snapkv_scores(const KVCache<T>& kv, const QueryWindow<query_typ
 ///   pooling + O(n) selection per head. Scratch from `ws` (see `window_attention`), plus
 ///   2 · q_heads · n floats; no allocation once `ws` and `out` are warm.
 /// - Errors: `queries.window` < w; B < w (the window cannot be kept) unless B ≥ n.
-class SnapKV : public OneShot<SnapKV, SnapKVParams> {
+class SnapKV : public OneShot<SnapKV, SnapKVParams>, public ObservationWindow<SnapKV> {
  public:
   static constexpr std::string_view name = "snapkv";
   static constexpr PolicyInfo info{
       .summary = "pooled observation-window attention (Li et al. 2024)",
       .reads = reads_keys | reads_queries};
   static std::vector<Parameter<Params>> parameters() {
-    return {
-        param<&Params::window>("window", "≥ 1",
-                               "observation window: the last queries, always kept"),
-        param<&Params::kernel>("kernel", "≥ 1", "pooling kernel"),
-        param<&Params::pool>("pool", "", "pooling over neighbouring tokens"),
-        param<&Params::reduce>("reduce", "", "GQA reduction over a KV head's query heads"),
-        param<&Params::granularity>("granularity", "", "unit of the choice"),
-        param<&Params::ada>("ada", "", "AdaKV head-adaptive budgets"),
-        param<&Params::alpha_safeguard>("alpha_safeguard", "[0, 1]",
-                                        "AdaKV: minimum share of the budget per head"),
-        param<&Params::safeguard>(
-            "safeguard", "", "AdaKV safeguard rule (whose: kvpress's or the AdaKV repository's)")};
+    return join<Params>({detail::window_parameters<Params>(), granularity_parameter<Params>(),
+                         detail::adakv_parameters<Params>()});
   }
 
   using OneShot::OneShot;
   static void check(const Params& p) { detail::check_snapkv(p); }
 
   TopK rule(index_t) const noexcept { return {}; }
-  Protected protect(index_t) const noexcept {
-    return {.recent = params_.window, .recent_name = "window"};
-  }
-  std::optional<AdaptiveBudgets> adaptive() const {
-    if (!params_.ada) return std::nullopt;
-    return AdaptiveBudgets{.alpha = params_.alpha_safeguard, .safeguard = params_.safeguard};
-  }
-
-  template <Element T>
-  void check_inputs(const KVCache<T>&, const QueryWindow<query_type<T>>& queries) const {
-    if (queries.window() < params_.window)
-      detail::fail("queries.window", detail::cat("at least SnapKV's window (", params_.window, ")"),
-                   queries.window());
-  }
 
   /// The pooled window scores of every query head over the prefix [0, n − w) (`[q_heads][n]`
   /// from `ws`, valid in the caller's frame; the window is protected and not scored).
