@@ -165,11 +165,11 @@ TEST_F(Cli, SelectMatchesTheLibrary) {
       .select(kv, QueryWindow<float>(q_.data(), 4, 8, 8), Budget::tokens(12), sel, ws);
   const std::string kept = "\"kept\": [" + kept_lists(sel);
   EXPECT_NE(r.out.find(kept + "]"), std::string::npos) << r.out << "\nwant " << kept;
-  EXPECT_NE(r.out.find(
-                "\"policy\": \"snapkv\", \"params\": {\"window\": 4, \"kernel\": 3, \"pool\": "
-                "\"max\", \"reduce\": \"mean\", \"granularity\": \"per_head\", \"ada\": false, "
-                "\"alpha_safeguard\": 0.2, \"safeguard\": \"kvpress\"}, \"n\": 40, \"budget\": 12"),
-            std::string::npos)
+  EXPECT_NE(
+      r.out.find("\"policy\": \"snapkv\", \"params\": {\"window\": 4, \"kernel\": 3, \"pool\": "
+                 "\"max\", \"ada\": false, \"alpha_safeguard\": 0.2, \"safeguard\": \"kvpress\", "
+                 "\"reduce\": \"mean\", \"granularity\": \"per_head\"}, \"n\": 40, \"budget\": 12"),
+      std::string::npos)
       << r.out;
 }
 
@@ -186,7 +186,7 @@ TEST_F(Cli, SelectsOnFloat16SharedAndWritesOut) {
   s << in.rdbuf();
   EXPECT_NE(
       s.str().find(
-          "\"params\": {\"sinks\": 2, \"recent\": 0, \"seed\": 3, \"granularity\": \"shared\"}"),
+          "\"params\": {\"sinks\": 2, \"recent\": 0, \"granularity\": \"shared\", \"seed\": 3}"),
       std::string::npos)
       << s.str();
   EXPECT_NE(s.str().find("\"budget\": 10, \"shared\": true, \"kept\": [[0, 1, "), std::string::npos)
@@ -228,8 +228,8 @@ TEST_F(Cli, NaclPresetAndSeed) {
   const Result r = run(args);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("\"params\": {\"sinks\": 4, \"recent\": 32, \"random_share\": 0.666667, "
-                       "\"causal\": false, \"reduce\": \"sum\", \"granularity\": \"per_head\", "
-                       "\"seed\": 9, \"preset\": \"paper20\"}"),
+                       "\"causal\": false, \"preset\": \"paper20\", \"reduce\": \"sum\", "
+                       "\"granularity\": \"per_head\", \"seed\": 9}"),
             std::string::npos)
       << r.out;
   EXPECT_EQ(run(args).out, r.out);  // reproducible
@@ -293,7 +293,7 @@ TEST_F(Cli, EvalWritesTableCsvAndPlot) {
   EXPECT_NE(text.str().find("data-series=\"corm (kept "), std::string::npos);  // budget-free
   EXPECT_EQ(run("eval --workload default --set snapkv.windw=4 --policies snapkv").err,
             "kvevict: windw (in policy 'snapkv:windw=4'): expected a parameter of snapkv (window, "
-            "kernel, pool, reduce, granularity, ada, alpha_safeguard, safeguard), got 'windw'\n");
+            "kernel, pool, ada, alpha_safeguard, safeguard, reduce, granularity), got 'windw'\n");
   EXPECT_EQ(run("eval --workload default --set h2o.recent=4 --policies snapkv").err,
             "kvevict: --set: expected settings for a policy in --policies, got 'h2o'\n");
   EXPECT_EQ(run("eval --workload default --mode streaming").err,
@@ -428,10 +428,10 @@ TEST_F(Cli, BadInputExitsWithOneLineAndWritesNothing) {
        "kvevict: budget: expected at least window (4) tokens, got 3\n"},
       {"select --policy snapkv --budget 10 --set windw=4 " + inputs(),
        "kvevict: windw (in policy 'snapkv:windw=4'): expected a parameter of snapkv (window, "
-       "kernel, pool, reduce, granularity, ada, alpha_safeguard, safeguard), got 'windw'\n"},
+       "kernel, pool, ada, alpha_safeguard, safeguard, reduce, granularity), got 'windw'\n"},
       {"select --policy snapkv:windw=4 --budget 10 " + inputs(),  // the library's syntax
        "kvevict: windw (in policy 'snapkv:windw=4'): expected a parameter of snapkv (window, "
-       "kernel, pool, reduce, granularity, ada, alpha_safeguard, safeguard), got 'windw'\n"},
+       "kernel, pool, ada, alpha_safeguard, safeguard, reduce, granularity), got 'windw'\n"},
       {"select --policy snapkv:window=8 --budget 10 --set window=4 " + inputs(),
        "kvevict: window (in policy 'snapkv:window=4,window=8'): expected each parameter set "
        "once, got '4' and then '8'\n"},
@@ -521,7 +521,7 @@ TEST_F(Cli, BadInputExitsWithOneLineAndWritesNothing) {
        "kvevict: --mode: expected one-shot or replay, got 'sideways'\n"},
       {"eval --workload default --set snapkv.windw=3 --policies snapkv",
        "kvevict: windw (in policy 'snapkv:windw=3'): expected a parameter of snapkv (window, "
-       "kernel, pool, reduce, granularity, ada, alpha_safeguard, safeguard), got 'windw'\n"},
+       "kernel, pool, ada, alpha_safeguard, safeguard, reduce, granularity), got 'windw'\n"},
       {"replay --policy corm --budget 10 " + inputs("k.npy", "v.npy", "q_all.npy"),
        "kvevict: budget: expected none: corm is budget-free, got 10\n"},
       {"replay --policy h2o --budget 10 " + inputs(),

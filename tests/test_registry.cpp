@@ -246,7 +246,7 @@ TEST(Registry, ConfigStringsAreTrimmedCheckedAndNamed) {
   EXPECT_EQ(p.target<SnapKV>()->params().pool, Pool::avg);
   expect_error([] { parse_policy("snapkv:windw=32"); },
                "windw (in policy 'snapkv:windw=32'): expected a parameter of snapkv (window, "
-               "kernel, pool, reduce, granularity, ada, alpha_safeguard, safeguard), got 'windw'");
+               "kernel, pool, ada, alpha_safeguard, safeguard, reduce, granularity), got 'windw'");
   expect_error([] { parse_policy("snapkv:window=16,kernel=3,window=32"); },
                "window (in policy 'snapkv:window=16,kernel=3,window=32'): expected each "
                "parameter set once, got '16' and then '32'");

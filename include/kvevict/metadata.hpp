@@ -236,10 +236,20 @@ std::vector<Parameter<Params>> join(std::initializer_list<std::vector<Parameter<
   return out;
 }
 
-/// The `granularity` parameter (`Params::granularity`), as every scoring policy declares it.
+/// A policy's parameters: its own (`own`), then the ones policies share, declared here once and
+/// present when `Params` has the member — `reduce` (the GQA reduction), `granularity` (the unit
+/// of the choice), `seed` (keys the random draws with the layer and head).
 template <class Params>
-std::vector<Parameter<Params>> granularity_parameter() {
-  return {param<&Params::granularity>("granularity", "", "unit of the choice")};
+std::vector<Parameter<Params>> with_common_parameters(std::vector<Parameter<Params>> own) {
+  if constexpr (requires { &Params::reduce; })
+    own.push_back(
+        param<&Params::reduce>("reduce", "", "GQA reduction over a KV head's query heads"));
+  if constexpr (requires { &Params::granularity; })
+    own.push_back(param<&Params::granularity>("granularity", "", "unit of the choice"));
+  if constexpr (requires { &Params::seed; })
+    own.push_back(
+        param<&Params::seed>("seed", "", "keys the random draws with the layer and head"));
+  return own;
 }
 
 }  // namespace kvevict

@@ -14,7 +14,9 @@
 ///   using OneShot::OneShot;                  // P(), P(const PParams&): validated by check
 ///   static constexpr std::string_view name = "p";
 ///   static constexpr PolicyInfo info{…};
-///   static std::vector<Parameter<Params>> parameters();
+///   static std::vector<Parameter<Params>> parameters();  // optional: its own parameters,
+///                                            // with_common_parameters adds
+///                                            reduce/granularity/seed
 ///   static void check(const Params&);        // optional: throws kvevict::error
 ///   SomeRule rule(index_t n) const;          // how a row's candidates are chosen
 ///   template <Element T> Scores score(kv, queries, Granularity, Workspace&) const;
@@ -42,6 +44,7 @@
 #include "choose.hpp"
 #include "element.hpp"
 #include "kv_cache.hpp"
+#include "metadata.hpp"
 #include "query_window.hpp"
 #include "scores.hpp"
 #include "selection.hpp"
@@ -77,6 +80,10 @@ class OneShot {
   explicit OneShot(const Params& p) : params_(p) {
     if constexpr (requires { P::check(p); }) P::check(p);
   }
+
+  /// The parameters every policy of these `Params` shares (`reduce`, `granularity`, `seed` where
+  /// present); a policy with its own declares `parameters()` and hides this one.
+  static std::vector<Parameter<Params>> parameters() { return with_common_parameters<Params>({}); }
 
   const Params& params() const noexcept { return params_; }
   /// The unit of the choice: the `granularity` parameter (per_head for a policy without one).

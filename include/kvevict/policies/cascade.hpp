@@ -84,13 +84,12 @@ class Cascade : public OneShot<Cascade, CascadeParams> {
       .reads = reads_keys | reads_queries | reads_attention_rows,
       .streaming = true};
   static std::vector<Parameter<Params>> parameters() {
-    return {param<&Params::sinks>("sinks", "≥ 0", "first tokens always kept"),
-            param<&Params::cascades>("cascades", "[1, 30]",
-                                     "sub-caches C (W = (budget - sinks) / C slots each)"),
-            param<&Params::beta>("beta", "[0, 1)", "EMA decay of the attention scores"),
-            param<&Params::reduce>("reduce", "", "GQA reduction over a KV head's query heads"),
-            param<&Params::stride>("stride", "≥ 1", "prefill chunk length"),
-            param<&Params::granularity>("granularity", "", "unit of the choice")};
+    return with_common_parameters<Params>(
+        {param<&Params::sinks>("sinks", "≥ 0", "first tokens always kept"),
+         param<&Params::cascades>("cascades", "[1, 30]",
+                                  "sub-caches C (W = (budget - sinks) / C slots each)"),
+         param<&Params::beta>("beta", "[0, 1)", "EMA decay of the attention scores"),
+         param<&Params::stride>("stride", "≥ 1", "prefill chunk length")});
   }
 
   using OneShot::OneShot;

@@ -89,13 +89,13 @@ class CORM : public OneShot<CORM, CORMParams> {
       .streaming = true,
       .budget_free = true};
   static std::vector<Parameter<Params>> parameters() {
-    return {param<&Params::w>("w", "≥ 1", "recent queries a key must stay unimportant for"),
-            param<&Params::r>("r", "≥ 0", "recent keys never evicted"),
-            param<&Params::threshold>("threshold", "",
-                                      "importance threshold: 1/t (t) or 1/|cache| (live)"),
-            param<&Params::max_tokens>("max_tokens", "0 or ≥ max(r, 1)",
-                                       "cap on the cache, 0 = none (extension)"),
-            param<&Params::granularity>("granularity", "", "unit of the choice")};
+    return with_common_parameters<Params>(
+        {param<&Params::w>("w", "≥ 1", "recent queries a key must stay unimportant for"),
+         param<&Params::r>("r", "≥ 0", "recent keys never evicted"),
+         param<&Params::threshold>("threshold", "",
+                                   "importance threshold: 1/t (t) or 1/|cache| (live)"),
+         param<&Params::max_tokens>("max_tokens", "0 or ≥ max(r, 1)",
+                                    "cap on the cache, 0 = none (extension)")});
   }
 
   using OneShot::OneShot;

@@ -90,14 +90,13 @@ class CriticalKV : public OneShot<CriticalKV, CriticalKVParams>,
           "attention, then attention x projected value norm |V W_o| (Feng et al. 2025); needs W_o",
       .reads = reads_keys | reads_queries | reads_values | reads_output_projection};
   static std::vector<Parameter<Params>> parameters() {
-    return join<Params>(
+    return with_common_parameters<Params>(join<Params>(
         {detail::window_parameters<Params>(),
          {param<&Params::first_stage_ratio>("first_stage_ratio", "[0, 1]",
                                             "budget share chosen by attention"),
           param<&Params::epsilon>("epsilon", "≥ 0", "added to the attention before weighting"),
           param<&Params::norm>("norm", "", "norm of the projected values")},
-         detail::adakv_parameters<Params>(),
-         granularity_parameter<Params>()});
+         detail::adakv_parameters<Params>()}));
   }
 
   /// Validates `p` (`check`), then precomputes W_o's Gram matrices for the l2 norm.

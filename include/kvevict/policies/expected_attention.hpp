@@ -91,15 +91,14 @@ class ExpectedAttention : public OneShot<ExpectedAttention, ExpectedAttentionPar
       .summary = "attention expected from future queries' statistics (Devoto et al. 2025)",
       .reads = reads_keys | reads_queries | reads_values};
   static std::vector<Parameter<Params>> parameters() {
-    return {
-        param<&Params::n_future>("n_future", "≥ 1", "future positions averaged over"),
-        param<&Params::n_sink>("n_sink", "≥ 0", "first tokens kept, left out of the statistics"),
-        param<&Params::use_covariance>("use_covariance", "", "the second-order term"),
-        param<&Params::use_vnorm>("use_vnorm", "", "weigh by the value norm"),
-        param<&Params::epsilon>("epsilon", "≥ 0", "added before the value-norm weighting"),
-        param<&Params::rope_base>("rope_base", "> 1", "the model's RoPE base"),
-        param<&Params::rope_style>("rope_style", "", "neox (HF) or gptj (llama.cpp)"),
-        param<&Params::granularity>("granularity", "", "unit of the choice")};
+    return with_common_parameters<Params>(
+        {param<&Params::n_future>("n_future", "≥ 1", "future positions averaged over"),
+         param<&Params::n_sink>("n_sink", "≥ 0", "first tokens kept, left out of the statistics"),
+         param<&Params::use_covariance>("use_covariance", "", "the second-order term"),
+         param<&Params::use_vnorm>("use_vnorm", "", "weigh by the value norm"),
+         param<&Params::epsilon>("epsilon", "≥ 0", "added before the value-norm weighting"),
+         param<&Params::rope_base>("rope_base", "> 1", "the model's RoPE base"),
+         param<&Params::rope_style>("rope_style", "", "neox (HF) or gptj (llama.cpp)")});
   }
 
   using OneShot::OneShot;

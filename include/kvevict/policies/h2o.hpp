@@ -66,11 +66,8 @@ class H2O : public OneShot<H2O, H2OParams> {
       .reads = reads_keys | reads_queries | reads_attention_rows,
       .streaming = true};
   static std::vector<Parameter<Params>> parameters() {
-    return {
-        param<&Params::recent>("recent", "≥ 0, or none", "recent window R (none: half the budget)"),
-        param<&Params::reduce>("reduce", "",
-                               "GQA reduction over a KV head's query heads, per query"),
-        param<&Params::granularity>("granularity", "", "unit of the choice")};
+    return with_common_parameters<Params>({param<&Params::recent>(
+        "recent", "≥ 0, or none", "recent window R (none: half the budget)")});
   }
 
   using OneShot::OneShot;

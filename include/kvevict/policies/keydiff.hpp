@@ -95,9 +95,8 @@ class KeyDiff : public OneShot<KeyDiff, KeyDiffParams> {
       .summary = "keys least similar to the mean key direction, no attention (Park et al. 2025)",
       .reads = reads_keys};
   static std::vector<Parameter<Params>> parameters() {
-    return {
-        param<&Params::block>("block", "≥ 0", "block-iterative form: tokens per block (0: off)"),
-        param<&Params::granularity>("granularity", "", "unit of the choice")};
+    return with_common_parameters<Params>(
+        {param<&Params::block>("block", "≥ 0", "block-iterative form: tokens per block (0: off)")});
   }
 
   using OneShot::OneShot;

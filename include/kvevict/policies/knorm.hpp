@@ -51,9 +51,6 @@ class KNorm : public OneShot<KNorm, KNormParams> {
   static constexpr PolicyInfo info{
       .summary = "smallest key L2 norms, no attention needed (Devoto et al. 2024)",
       .reads = reads_keys};
-  static std::vector<Parameter<Params>> parameters() {
-    return {param<&Params::granularity>("granularity", "", "unit of the choice")};
-  }
 
   using OneShot::OneShot;
 

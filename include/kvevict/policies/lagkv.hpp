@@ -66,10 +66,10 @@ class LagKV : public OneShot<LagKV, LagKVParams> {
           "partition scored against the next one's min/max, no attention (Liang et al. 2025)",
       .reads = reads_keys | reads_values};
   static std::vector<Parameter<Params>> parameters() {
-    return {param<&Params::n_sink>("n_sink", "≥ 0", "first tokens scored 1"),
-            param<&Params::lag>("lag", "≥ 2", "partition length"),
-            param<&Params::cross_scoring>("cross_scoring", "", "the scores, not their ranks"),
-            param<&Params::granularity>("granularity", "", "unit of the choice")};
+    return with_common_parameters<Params>(
+        {param<&Params::n_sink>("n_sink", "≥ 0", "first tokens scored 1"),
+         param<&Params::lag>("lag", "≥ 2", "partition length"),
+         param<&Params::cross_scoring>("cross_scoring", "", "the scores, not their ranks")});
   }
 
   using OneShot::OneShot;

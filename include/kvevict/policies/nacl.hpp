@@ -138,17 +138,15 @@ class NACL : public OneShot<NACL, NACLParams> {
           "proxy-token top-k + attention-weighted random eviction, per head (Chen et al. 2024)",
       .reads = reads_keys | reads_queries};
   static std::vector<Parameter<Params>> parameters() {
-    return {param<&Params::sinks>("sinks", "≥ 0", "first tokens always kept"),
-            param<&Params::recent>("recent", "≥ 0", "last tokens always kept"),
-            param<&Params::random_share>("random_share", "[0, 1]",
-                                         "share of the unprotected budget sampled"),
-            param<&Params::causal>("causal", "", "proxies see only earlier keys"),
-            param<&Params::reduce>("reduce", "", "GQA reduction over a KV head's query heads"),
-            param<&Params::granularity>("granularity", "", "unit of the choice"),
-            param<&Params::seed>("seed", "", "keys the sampling with the layer and head"),
-            param<&Params::preset>(
-                "preset", "",
-                "the paper's split of the budget (overrides sinks, recent, random_share)")};
+    return with_common_parameters<Params>(
+        {param<&Params::sinks>("sinks", "≥ 0", "first tokens always kept"),
+         param<&Params::recent>("recent", "≥ 0", "last tokens always kept"),
+         param<&Params::random_share>("random_share", "[0, 1]",
+                                      "share of the unprotected budget sampled"),
+         param<&Params::causal>("causal", "", "proxies see only earlier keys"),
+         param<&Params::preset>(
+             "preset", "",
+             "the paper's split of the budget (overrides sinks, recent, random_share)")});
   }
 
   using OneShot::OneShot;

@@ -51,11 +51,9 @@ class RandomEviction : public OneShot<RandomEviction, RandomEvictionParams> {
   static constexpr PolicyInfo info{
       .summary = "uniform random eviction (baseline)", .streaming = true, .scores = false};
   static std::vector<Parameter<Params>> parameters() {
-    return {param<&Params::sinks>("sinks", "≥ 0", "first tokens always kept"),
-            param<&Params::recent>("recent", "≥ 0", "last tokens always kept"),
-            param<&Params::seed>("seed", "", "keys the random streams with the layer and head"),
-            param<&Params::granularity>("granularity", "",
-                                        "unit of the choice (shared: one draw for all heads)")};
+    return with_common_parameters<Params>(
+        {param<&Params::sinks>("sinks", "≥ 0", "first tokens always kept"),
+         param<&Params::recent>("recent", "≥ 0", "last tokens always kept")});
   }
 
   using OneShot::OneShot;

@@ -53,8 +53,7 @@ template <class Params>
 std::vector<Parameter<Params>> window_parameters() {
   return {param<&Params::window>("window", "≥ 1", "observation window: the last queries, kept"),
           param<&Params::kernel>("kernel", "≥ 1", "pooling kernel over the window's scores"),
-          param<&Params::pool>("pool", "", "pooling over neighbouring tokens"),
-          param<&Params::reduce>("reduce", "", "GQA reduction over a KV head's query heads")};
+          param<&Params::pool>("pool", "", "pooling over neighbouring tokens")};
 }
 
 /// AdaKV's parameters (`ada`, `alpha_safeguard`, `safeguard`).
@@ -143,8 +142,8 @@ class SnapKV : public OneShot<SnapKV, SnapKVParams>, public ObservationWindow<Sn
       .summary = "pooled observation-window attention (Li et al. 2024)",
       .reads = reads_keys | reads_queries};
   static std::vector<Parameter<Params>> parameters() {
-    return join<Params>({detail::window_parameters<Params>(), granularity_parameter<Params>(),
-                         detail::adakv_parameters<Params>()});
+    return with_common_parameters<Params>(
+        join<Params>({detail::window_parameters<Params>(), detail::adakv_parameters<Params>()}));
   }
 
   using OneShot::OneShot;

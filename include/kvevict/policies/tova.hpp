@@ -54,10 +54,6 @@ class TOVA : public OneShot<TOVA, TOVAParams> {
       .summary = "last query's head-mean attention, shared set (Oren et al. 2024)",
       .reads = reads_keys | reads_queries | reads_attention_rows,
       .streaming = true};
-  static std::vector<Parameter<Params>> parameters() {
-    return {param<&Params::granularity>("granularity", "",
-                                        "unit of the choice (shared is the paper's)")};
-  }
 
   using OneShot::OneShot;
 
