@@ -23,8 +23,8 @@ class ValueNorm : public kvevict::OneShot<ValueNorm, ValueNormParams> {
   static constexpr kvevict::PolicyInfo info{.summary = "largest value norms (example)",
                                             .reads = kvevict::reads_values};
   static std::vector<kvevict::Parameter<Params>> parameters() {
-    return {kvevict::param<&Params::power>("power", "> 0", "exponent of the norm"),
-            kvevict::param<&Params::granularity>("granularity", "", "unit of the choice")};
+    return kvevict::with_common_parameters<Params>(  // + granularity
+        {kvevict::param<&Params::power>("power", "> 0", "exponent of the norm")});
   }
   static void check(const Params& p) {
     kvevict::detail::require(p.power > 0, "power", "power > 0", p.power);

@@ -136,6 +136,14 @@ class Cli : public ::testing::Test {
     return "--keys " + path(k) + " --values " + path(v) + " --queries " + path(q);
   }
 
+  /// The inputs k.npy, v.npy, q.npy as the library views them: 2 KV heads, 40 tokens, d = 8;
+  /// 4 query heads, a window of 8.
+  static KVCache<float> cache() {
+    return {
+        Storage<float>::hnd(k_.data(), 40, 8), Storage<float>::hnd(v_.data(), 40, 8), {2, 40, 8}};
+  }
+  static QueryWindow<float> window() { return {q_.data(), 4, 8, 8}; }
+
   static inline fs::path dir_;
   static inline std::vector<float> k_, v_, q_, wo_;
 };
@@ -157,12 +165,10 @@ TEST_F(Cli, SelectMatchesTheLibrary) {
       run("select --policy snapkv --set window=4 --set kernel=3 --budget 12 " + inputs());
   ASSERT_EQ(r.code, 0) << r.err;
   // The same selection through the library.
-  const KVCache<float> kv(Storage<float>::hnd(k_.data(), 40, 8),
-                          Storage<float>::hnd(v_.data(), 40, 8), {2, 40, 8});
+  const KVCache<float> kv = cache();
   Selection sel;
   Workspace ws;
-  SnapKV({.window = 4, .kernel = 3})
-      .select(kv, QueryWindow<float>(q_.data(), 4, 8, 8), Budget::tokens(12), sel, ws);
+  SnapKV({.window = 4, .kernel = 3}).select(kv, window(), Budget::tokens(12), sel, ws);
   const std::string kept = "\"kept\": [" + kept_lists(sel);
   EXPECT_NE(r.out.find(kept + "]"), std::string::npos) << r.out << "\nwant " << kept;
   EXPECT_NE(
@@ -171,6 +177,27 @@ TEST_F(Cli, SelectMatchesTheLibrary) {
                  "\"reduce\": \"mean\", \"granularity\": \"per_head\"}, \"n\": 40, \"budget\": 12"),
       std::string::npos)
       << r.out;
+}
+
+// The library's config-string syntax on the command line, and page-granular selection: the same
+// kept set as the library's, whole pages of 4 tokens.
+TEST_F(Cli, ConfigStringsAndPagesMatchTheLibrary) {
+  const Result r =
+      run("select --policy 'snapkv: window=4, kernel=3' --granularity pages "
+          "--page-size 4 --budget 12 " +
+          inputs());
+  ASSERT_EQ(r.code, 0) << r.err;
+  const KVCache<float> kv = cache();
+  Selection sel;
+  Workspace ws;
+  const AnyPolicy snap = parse_policy("snapkv:window=4,kernel=3,granularity=pages");
+  snap.choose(snap.score(kv, window(), Granularity::pages, ws), Budget::tokens(12), sel, ws, 4);
+  const std::string kept = "\"kept\": [" + kept_lists(sel);
+  EXPECT_NE(r.out.find(kept + "]"), std::string::npos) << r.out << "\nwant " << kept;
+  EXPECT_NE(r.out.find("\"granularity\": \"pages\""), std::string::npos) << r.out;
+  std::vector<index_t> dropped;
+  dropped_pages(sel, 4, dropped);  // throws unless whole pages are kept; 12 / 4 = 3 of 10 kept
+  EXPECT_EQ(dropped.size(), 7u);
 }
 
 TEST_F(Cli, SelectsOnFloat16SharedAndWritesOut) {
@@ -209,8 +236,7 @@ TEST_F(Cli, SelectsOnAQuantizedCache) {
   const eval::Stored<int8> stored(k_.data(), v_.data(), 2, 40, 8, 8);
   Selection sel;
   Workspace ws;
-  SnapKV({.window = 4, .kernel = 3})
-      .select(stored.view(), QueryWindow<float>(q_.data(), 4, 8, 8), Budget::tokens(12), sel, ws);
+  SnapKV({.window = 4, .kernel = 3}).select(stored.view(), window(), Budget::tokens(12), sel, ws);
   const std::string kept =
       "\"kv_format\": \"int8\", \"shared\": false, \"kept\": [" + kept_lists(sel);
   EXPECT_NE(r.out.find(kept + "]"), std::string::npos) << r.out << "\nwant " << kept;
@@ -244,12 +270,11 @@ TEST_F(Cli, CriticalKVReadsTheOutputProjection) {
       run("select --policy criticalkv --budget 12 --set window=4 --set kernel=3 --wo " +
           path("wo.npy") + " " + inputs());
   ASSERT_EQ(r.code, 0) << r.err;
-  const KVCache<float> kv(Storage<float>::hnd(k_.data(), 40, 8),
-                          Storage<float>::hnd(v_.data(), 40, 8), {2, 40, 8});
+  const KVCache<float> kv = cache();
   Selection sel;
   Workspace ws;
   CriticalKV({.window = 4, .kernel = 3}, OutputProjection::dense(wo_.data(), 4, 8, 12))
-      .select(kv, QueryWindow<float>(q_.data(), 4, 8, 8), Budget::tokens(12), sel, ws);
+      .select(kv, window(), Budget::tokens(12), sel, ws);
   std::string first = "\"kept\": [[";
   for (std::size_t i = 0; i < sel.kept(0).size(); ++i)
     first += (i ? ", " : "") + std::to_string(sel.kept(0)[i]);

@@ -19,8 +19,8 @@
 ///   static constexpr bool budget_free = false;             // true: accepts Budget::none()
 ///   static constexpr bool absolute_scores = false;         // true: compares scores with a
 ///                                                          // fixed threshold (see below)
-///   kvevict::Protected protect(index_t n, index_t budget) const;  // regions it implies
-///   void check(index_t n, index_t budget, kvevict::Protected p) const;  // its budget errors
+///   kvevict::Protected protect(kvevict::index_t n, kvevict::index_t budget) const;
+///   void check(kvevict::index_t n, kvevict::index_t budget, kvevict::Protected p) const;
 ///   void pick(const kvevict::Row& row, std::span<std::uint8_t> keep, kvevict::Workspace&) const;
 /// };
 /// \endcode

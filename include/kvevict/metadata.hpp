@@ -11,9 +11,15 @@
 /// A policy P provides `static constexpr PolicyInfo info` and
 /// `static std::vector<Parameter<typename P::Params>> parameters()`, built with `param`:
 /// \code
-/// static std::vector<Parameter<Params>> parameters() {
-///   return {param<&Params::window>("window", "≥ 1", "observation window, always kept")};
-/// }
+/// struct WindowParams {
+///   kvevict::index_t window = 32;
+/// };
+/// struct Windowed {
+///   using Params = WindowParams;
+///   static std::vector<kvevict::Parameter<Params>> parameters() {
+///     return {kvevict::param<&Params::window>("window", "≥ 1", "observation window, kept")};
+///   }
+/// };
 /// \endcode
 
 #include <cctype>

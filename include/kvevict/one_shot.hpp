@@ -6,26 +6,36 @@
 /// \brief `OneShot<P, Params>`: what every policy shares — its parameters, their validation,
 /// and the score → choose pipeline as its `select` — written once.
 ///
-/// A policy P derives from `OneShot<P, PParams>` and supplies only what is its own:
+/// A policy P derives from `OneShot<P, PParams>` and supplies only what is its own — a name,
+/// what it reads, how a row's candidates are chosen (its rule) and, unless the rule chooses by
+/// position, a score:
 ///
 /// \code
-/// class P : public kvevict::OneShot<P, PParams> {
+/// struct NewestParams {
+///   kvevict::Granularity granularity = kvevict::Granularity::per_head;
+/// };
+/// class Newest : public kvevict::OneShot<Newest, NewestParams> {  // keeps the latest tokens
 ///  public:
-///   using OneShot::OneShot;                  // P(), P(const PParams&): validated by check
-///   static constexpr std::string_view name = "p";
-///   static constexpr PolicyInfo info{…};
-///   static std::vector<Parameter<Params>> parameters();  // optional: its own parameters,
-///                                            // with_common_parameters adds
-///                                            reduce/granularity/seed
-///   static void check(const Params&);        // optional: throws kvevict::error
-///   SomeRule rule(index_t n) const;          // how a row's candidates are chosen
-///   template <Element T> Scores score(kv, queries, Granularity, Workspace&) const;
-///                                            // unless its rule reads no scores
-///   std::optional<AdaptiveBudgets> adaptive() const;  // optional: AdaKV budgets
-///   Protected protect(index_t n) const;      // optional: regions its scores imply
-///   template <Element T> void check_inputs(kv, queries) const;  // optional: e.g. window ≥ w
+///   using OneShot::OneShot;  // Newest(), Newest(const NewestParams&), validated by check
+///   static constexpr std::string_view name = "newest";
+///   static constexpr kvevict::PolicyInfo info{.summary = "the most recent tokens (example)"};
+///   kvevict::TopK rule(kvevict::index_t) const { return {}; }
+///   template <kvevict::Element T>
+///   kvevict::Scores score(const kvevict::KVCache<T>& kv,
+///                         const kvevict::QueryWindow<kvevict::query_type<T>>&,
+///                         kvevict::Granularity, kvevict::Workspace& ws) const {
+///     auto s = ws.take<float>(kv.kv_heads() * kv.tokens());  // [kv_heads][n], from ws
+///     for (std::size_t i = 0; i < s.size(); ++i)
+///       s[i] = static_cast<float>(i % static_cast<std::size_t>(kv.tokens()));
+///     return kvevict::Scores::of_kv_heads(s, kv);
+///   }
 /// };
 /// \endcode
+///
+/// Optional members: `static std::vector<Parameter<Params>> parameters()` (its own; the default
+/// and `with_common_parameters` add `reduce`, `granularity`, `seed` where `Params` has them),
+/// `static void check(const Params&)` (throws `kvevict::error`), `adaptive()` (AdaKV budgets),
+/// `protect(n)` (regions its scores imply), `check_inputs(kv, queries)` (e.g. window ≥ w).
 ///
 /// and gets `params()`, `granularity()` (the `granularity` parameter, per_head without one),
 /// `select(kv, queries, budget, out, ws)` — validation, B ≥ n keeps everything, budget errors

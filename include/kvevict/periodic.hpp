@@ -47,7 +47,10 @@ namespace kvevict {
 ///
 /// **Example** (the engine keeps the last `w` queries of the sequence):
 /// \code
-/// kvevict::PeriodicDriver<float> drv(kvevict::parse_policy("snapkv:window=16"), 2048, 64, slots);
+/// #include <kvevict/periodic.hpp>
+///
+/// kvevict::PeriodicDriver<Eigen::half> drv(kvevict::parse_policy("snapkv:window=16"), 2048, 64,
+///                                          slots);
 /// for (std::int64_t pos = 0; generating(); ++pos) {
 ///   drv.append(pos, new_keys, new_values);      // into slot drv.size() − 1 of every head
 ///   attend(slots.with_tokens(drv.size()), query);

@@ -29,11 +29,11 @@
 /// std::vector<float> probs(32 * seq.slots());       // engine's attention row per query head
 /// for (std::int64_t pos = 0; generating(); ++pos) {
 ///   std::span<const kvevict::token_t> slot = seq.append(pos);  // where K/V of pos go, per head
-///   engine_write_kv(slot);                          // the engine stores the new token there
-///   engine_attend(seq, probs);                      // softmax over the live slots
+///   write_kv(slot);                                 // the engine stores the new token there
+///   attend(seq.slots(), probs);                     // softmax over the live slots
 ///   kvevict::Evictions out = seq.observe({probs.data(), 32, seq.slots(), seq.slots()});
 ///   for (kvevict::index_t h = 0; h < 8; ++h)        // slots freed this step (reused later)
-///     for (kvevict::token_t s : out.of(h)) engine_forget(h, s);
+///     for (kvevict::token_t s : out.of(h)) forget(h, s);
 /// }
 /// \endcode
 

@@ -12,16 +12,15 @@
 /// a `const` policy may serve any number of threads and sequences; a `Stream` belongs to one
 /// sequence, used by one thread at a time.
 ///
-/// A policy plugs its rule into `Stream` with a few members (see H2O for a full example):
+/// A policy plugs its rule into `Stream` with a few members (H2O is a full example):
 ///
-/// \code
-/// struct State { … };                                    // its per-sequence data
-/// StreamSetup setup(const StreamConfig&) const;          // validates; slots, protected regions
-/// State state(const StreamCore&) const;                  // allocates the per-sequence data
-/// void appended(State&, StreamCore&, std::span<const token_t> stored_slots) const noexcept;
-/// void observed(State&, StreamCore&, const AttentionRows&) const noexcept;  // evicts
-/// static constexpr bool reads_rows = true;               // false: rows are not looked at
-/// \endcode
+/// - `struct State`: its per-sequence data;
+/// - `StreamSetup setup(const StreamConfig&) const`: validates the configuration, says how many
+///   slots and which protected regions;
+/// - `State state(const StreamCore&) const`: allocates the per-sequence data;
+/// - `void appended(State&, StreamCore&, std::span<const token_t> stored_slots) const noexcept`;
+/// - `void observed(State&, StreamCore&, const AttentionRows&) const noexcept`: evicts;
+/// - `static constexpr bool reads_rows`: false when the rows are not looked at.
 ///
 /// Optional: `check_append(const State&)` for an order rule of its own (Cascade: one observe
 /// per append), called before anything changes.
