@@ -10,7 +10,7 @@
 /// `Stream<P>` returned by `start`, `Granularity`, the registry and policy metadata in the core.
 
 #define KVEVICT_VERSION_MAJOR 0
-#define KVEVICT_VERSION_MINOR 2
+#define KVEVICT_VERSION_MINOR 3
 #define KVEVICT_VERSION_PATCH 0
 
 /// MAJOR · 10000 + MINOR · 100 + PATCH, for `#if KVEVICT_VERSION >= 200`.

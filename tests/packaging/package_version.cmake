@@ -1,6 +1,6 @@
 # packaging.version (cmake -P): the installed kvevictConfigVersion.cmake reports the version in
 # include/kvevict/version.hpp, and answers find_package's version requests as docs/install.md
-# says (SameMinorVersion: `find_package(kvevict 0.2)` takes any 0.2.x at least 0.2; 0.1, 0.3 or
+# says (SameMinorVersion: `find_package(kvevict M.m)` takes any M.m.x; M.(m−1), M.(m+1) or
 # 1.0 are refused). The consumer checks the same at compile time (tests/packaging/consumer.cpp).
 # Arguments (-D): HEADER (version.hpp), VERSION_FILE (the installed kvevictConfigVersion.cmake).
 cmake_minimum_required(VERSION 3.25)

@@ -11,7 +11,7 @@
 /// GEMM per block. On AVX-512 targets with passes of ≥ 16 rows that GEMM is our own
 /// `logits_block` (32 × 8 register tiles over the keys as they lie, the rows' maxima and
 /// finiteness check fused into its epilogue; every block is first copied or converted into a
-/// contiguous fp32 buffer, which measured faster than reading a mapped fp32 cache in place);
+/// contiguous fp32 buffer, so the tiles read sequential memory whatever the cache's layout);
 /// elsewhere it is Eigen's (a block of a dense fp32 cache mapped in place, a paged or half/bf16
 /// block gathered and converted first). While a block's logits are hot in
 /// cache they are turned into `exp(x − m)` with the running row maximum m (online softmax, as
@@ -23,8 +23,8 @@
 /// column). This keeps the FLOPs at one GEMM (2·w·n·d per query head); the alternative that
 /// keeps only O(g·w·block) would compute every logit twice.
 ///
-/// Measured on this project's 2-core AVX-512 machine (bench/README.md, 2026-12-01): at n = 32K the
-/// own kernels moved `BM_Score_Window` from 64–67% to ~86% of the same run's Eigen sgemm.
+/// Both paths compute the same logits bit for bit; their speed against the same run's sgemm is
+/// `BM_Score_Window` in bench/ (figures and history: bench/README.md).
 
 #include <Eigen/Core>
 #if defined(__AVX512F__)
@@ -152,11 +152,9 @@ inline void logits_tile(const float* qt, index_t ld, index_t rows, index_t r0, c
 /// The logits of one key block, `x[j · rows + r] = Σ_e q[r, e] · k_j[e]` (column-major rows ×
 /// count), from `qt`: the pass's scaled queries transposed (`qt[e · ld + r]`), zero-padded to
 /// ld = rows rounded up to 32, 64-byte aligned; keys `k_j = k + j · kstride`, read where they lie
-/// (no packing, which was 8–9% of Eigen's GEMM here). Each logit accumulates over e in order, one
-/// FMA per term. Tiles of 32 rows × 8 keys keep a tile's 16 accumulators in registers and its 32
-/// query columns in L1. Measured (2026-12-01, 128 rows × 32K keys, d = 128, one core): 86 GFLOP/s,
-/// Eigen's GEMM of the same block 70, Eigen's 1024³ sgemm 78; bit-identical to Eigen's logits
-/// there.
+/// (no packing: the keys are read once per tile column). Each logit accumulates over e in order,
+/// one FMA per term. Tiles of 32 rows × 8 keys keep a tile's 16 accumulators in registers and
+/// its 32 query columns in L1. Its throughput against Eigen's: bench/README.md.
 inline void logits_block(const float* qt, index_t ld, index_t rows, const float* k, index_t kstride,
                          index_t count, index_t d, float* x, float* row_max, float* check) {
   index_t j = 0;
@@ -198,8 +196,8 @@ inline void logits_block(const float* qt, index_t ld, index_t rows, const float*
 /// The final sweep's weighted reduction of one block for the g heads of a pass:
 /// `out_h[j] += Σ_{r ∈ head h} x[j · rows + r] · f[r]` for j < count, where head h covers rows
 /// [max(h·w, r0), min((h + 1)·w, r0 + rows)) − r0 of the pass (rows r0 …). Column by column, so
-/// each column of exponentials is read once for all its heads (Eigen's GEMV per head re-read the
-/// block once per head, 12–14% of the scoring at 32K).
+/// each column of exponentials is read once for all its heads (a GEMV per head would read the
+/// block once per head).
 inline void weighted_column_sums(const float* x, index_t rows, index_t r0, index_t w,
                                  const float* f, index_t count, float* const* out) {
   const index_t h0 = r0 / w, h1 = (r0 + rows - 1) / w;  // heads of this pass
@@ -231,9 +229,8 @@ inline void logits_block(const float*, index_t, index_t, const float*, index_t, 
 /// fp32 keys [first, first + count) of one head as a `d × count` column-major matrix: mapped in
 /// place when `map_fp32`, the storage is fp32 and the range is one evenly strided run, otherwise
 /// gathered and converted (half, bf16) or dequantized (quantized formats) into `buffer`
-/// (≥ count · d floats). `window_attention` copies fp32 blocks for its own AVX-512 kernel: it ran
-/// ~4% faster from the contiguous copy (three alternating runs each, 76–82% vs 74–79% of sgemm,
-/// near the noise; the copy's sequential pass brings the keys into cache ahead of the tiles).
+/// (≥ count · d floats). `window_attention` copies fp32 blocks for its own AVX-512 kernel
+/// (`map_fp32` false): the copy's sequential pass brings the keys into cache ahead of the tiles.
 template <Element T>
 Eigen::Map<const Eigen::MatrixXf, 0, Eigen::OuterStride<>> key_block(const KVCache<T>& kv,
                                                                      index_t head, index_t first,

@@ -80,8 +80,7 @@ struct ExpectedAttentionParams {
 ///   Householder reflection taking 1/√N to e_N): Σ_{j<N} z_j z_jᵀ = Σ_{j≤N} x_j x_jᵀ exactly, as
 ///   −2c + (N − 1)c² = 1 for c = 1/(√N − 1). One product column per head fewer — for kvpress's
 ///   window of 32 queries and 4 heads per group, 128 product rows instead of 132, which the
-///   kernel's 32-row tiles padded to 160 (a periodic compression at 32K: 179–182 ms before the
-///   fold, 140–150 ms after, alternating runs of the two builds).
+///   kernel's 32-row tiles would pad to 160 (timings: bench/README.md, `BM_Periodic_*`).
 ///   Scratch from `ws`: kv_heads · n floats (the scores), g · n doubles, and
 ///   1024 · (d + g·N) + 2 · d · g·N floats (+ padding to 32 rows).
 class ExpectedAttention : public OneShot<ExpectedAttention, ExpectedAttentionParams> {
@@ -133,7 +132,7 @@ class ExpectedAttention : public OneShot<ExpectedAttention, ExpectedAttentionPar
                Workspace& ws) const {
     check_inputs(kv, queries);
     // Keys and values must be finite at every token, as `require_finite` checks them; here
-    // without a pass of its own over the cache (it was 14% of a periodic compression at 32K):
+    // without a pass of its own over the cache (one more read of every key and value):
     // the non-sink keys through their expected logits (a NaN or inf in a key makes them
     // non-finite), the sinks' keys and values directly, the other values in the ‖v‖ pass (or a
     // values pass without use_vnorm). Any finding, and any other failure after this point, first
