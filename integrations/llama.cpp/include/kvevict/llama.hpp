@@ -303,7 +303,7 @@ struct Timing {
 /// kvevict::llama::Session s(model, "tiny.gguf", {.n_ctx = 2048});
 /// s.prefill(s.tokenize(prompt));
 /// s.compress(kvevict::parse_policy("snapkv"), kvevict::Budget::ratio(0.2));
-/// std::string text = s.generate(32);
+/// std::vector<llama_token> answer = s.generate(32);  // greedy tokens
 /// \endcode
 class Session {
  public:
