@@ -403,6 +403,120 @@ TEST_F(Tiny, BatchedNllEqualsStepByStep) {
   EXPECT_EQ(a.cached(), 900);
 }
 
+/// A context of four sequences in one unified KV buffer (as llama-server's slots share one), each
+/// prefilled with its own tokens (lengths 300, 500, 700, 200).
+class Sequences {
+ public:
+  static constexpr int count = 4;
+  static constexpr int lengths[count] = {300, 500, 700, 200};
+
+  explicit Sequences(llama_model* model, bool flash = false) {
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = 4096;
+    cp.n_batch = cp.n_ubatch = 256;
+    cp.n_seq_max = count;
+    cp.kv_unified = true;
+    cp.flash_attn_type = flash ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    cp.n_threads = cp.n_threads_batch = 2;
+    ctx = llama_init_from_model(model, cp);
+    const int vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
+    std::mt19937 rng(7);
+    for (int s = 0; s < count; ++s) {
+      std::vector<llama_token> t(static_cast<std::size_t>(lengths[s]));
+      for (auto& x : t) x = static_cast<llama_token>(rng() % static_cast<unsigned>(vocab));
+      tokens.push_back(t);
+      for (std::size_t at = 0; at < t.size(); at += 256) {  // one sequence per batch
+        std::vector<std::pair<llama_token, llama_pos>> chunk;
+        for (std::size_t i = at; i < std::min(t.size(), at + 256); ++i)
+          chunk.emplace_back(t[i], static_cast<llama_pos>(i));
+        decode(chunk, s);
+      }
+    }
+  }
+  ~Sequences() { llama_free(ctx); }
+  Sequences(const Sequences&) = delete;
+  Sequences& operator=(const Sequences&) = delete;
+
+  /// Decodes (token, position) pairs of sequence `seq`; returns the last one's logits.
+  std::vector<float> decode(const std::vector<std::pair<llama_token, llama_pos>>& items, int seq) {
+    llama_batch b = llama_batch_init(static_cast<int32_t>(items.size()), 0, 1);
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      b.token[i] = items[i].first;
+      b.pos[i] = items[i].second;
+      b.n_seq_id[i] = 1;
+      b.seq_id[i][0] = seq;
+      b.logits[i] = i + 1 == items.size();
+    }
+    b.n_tokens = static_cast<int32_t>(items.size());
+    const int32_t status = llama_decode(ctx, b);
+    llama_batch_free(b);
+    EXPECT_EQ(status, 0);
+    const float* l = llama_get_logits_ith(ctx, -1);
+    const int vocab = llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx)));
+    return {l, l + vocab};
+  }
+  /// The next token (42) of sequence `seq` after position `last`.
+  std::vector<float> next(int seq, llama_pos last) { return decode({{42, last + 1}}, seq); }
+
+  llama_context* ctx = nullptr;
+  std::vector<std::vector<llama_token>> tokens;
+};
+
+// Many sequences in one context: evicting from one leaves every other sequence's cells and logits
+// bit for bit as they were (flash attention off: llama.cpp's CPU flash attention accumulates V in
+// fp16, so where a later token's cell lands — in a freed cell or after the last — changes the
+// others' logits by rounding: up to 0.043 here with it on), and the evicted sequence's next logits
+// equal a reference that removed exactly those positions; with PositionMode::shift its positions
+// close up.
+TEST_F(Tiny, EvictingOneSequenceLeavesTheOthersBitIdentical) {
+  for (const PositionMode mode : {PositionMode::keep, PositionMode::shift}) {
+    Sequences plain(model_), evicted(model_), reference(model_);
+    ASSERT_NE(plain.ctx, nullptr);
+    const int victim = 1, n = Sequences::lengths[victim];
+    std::vector<std::int64_t> positions(static_cast<std::size_t>(n));
+    std::vector<std::uint8_t> keep(positions.size(), 0);
+    for (int i = 0; i < n; ++i) {
+      positions[static_cast<std::size_t>(i)] = i;
+      keep[static_cast<std::size_t>(i)] = i % 3 == 0 || i >= n - 32 || (i >= 100 && i < 140);
+    }
+    const Eviction done = evict(llama_get_memory(evicted.ctx), victim, positions, keep, mode);
+    const auto kept = std::count(keep.begin(), keep.end(), 1);
+    EXPECT_EQ(done.evicted, n - kept);
+    ASSERT_EQ(static_cast<std::int64_t>(done.positions.size()), kept);
+    llama_memory_t mem = llama_get_memory(evicted.ctx);
+    EXPECT_EQ(llama_memory_seq_pos_max(mem, victim), done.positions.back());
+    if (mode == PositionMode::shift) {
+      EXPECT_EQ(done.positions.back(), kept - 1);
+    }
+
+    for (int s = 0; s < Sequences::count; ++s) {
+      if (s == victim) continue;
+      const llama_pos last = Sequences::lengths[s] - 1;
+      EXPECT_EQ(llama_memory_seq_pos_max(mem, s), last) << s;
+      EXPECT_EQ(evicted.next(s, last), plain.next(s, last)) << "sequence " << s;
+    }
+    // the victim: as if its evicted positions had been removed one by one
+    llama_memory_t ref = llama_get_memory(reference.ctx);
+    for (int i = 0; i < n; ++i)
+      if (keep[static_cast<std::size_t>(i)] == 0) {
+        ASSERT_TRUE(llama_memory_seq_rm(ref, victim, i, i + 1));
+      }
+    if (mode == PositionMode::keep) {
+      const auto got = evicted.next(victim, n - 1), want = reference.next(victim, n - 1);
+      double worst = 0;
+      for (std::size_t i = 0; i < got.size(); ++i)
+        worst = std::max(worst, std::abs(static_cast<double>(got[i] - want[i])));
+      EXPECT_LE(worst, 1e-4);
+    }
+  }
+  // bad input changes nothing
+  Sequences seqs(model_);
+  const std::vector<std::int64_t> unordered = {0, 2, 1};
+  const std::vector<std::uint8_t> keep3 = {1, 0, 1};
+  EXPECT_THROW(evict(llama_get_memory(seqs.ctx), 0, unordered, keep3), kvevict::error);
+  EXPECT_EQ(llama_memory_seq_pos_max(llama_get_memory(seqs.ctx), 0), Sequences::lengths[0] - 1);
+}
+
 #ifdef KVEVICT_TRAINED_MODEL
 /// A row of the passkey prompts' manifest (models/tiny/passkey.py): name, key, and the file of
 /// the prompt with the question inside.

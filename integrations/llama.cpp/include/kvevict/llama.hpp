@@ -289,6 +289,88 @@ enum class PositionMode {
   shift,  ///< gaps closed with `llama_memory_seq_add` (llama.cpp re-rotates the keys)
 };
 
+/// What `evict` did to one sequence.
+struct Eviction {
+  index_t evicted = 0;                  ///< tokens removed from the sequence
+  std::vector<std::int64_t> positions;  ///< the kept tokens' positions now, in order
+};
+
+/// Removes from sequence `seq` of `mem` the tokens `keep` marks 0: `positions[i]` is the position
+/// of the sequence's i-th cached token (ascending), `keep[i]` whether it stays. Each run of
+/// consecutive evicted positions is one `llama_memory_seq_rm(mem, seq, …)`; with
+/// `PositionMode::shift` every run of kept tokens then moves left by what was removed before it
+/// (`llama_memory_seq_add`, llama.cpp re-rotates their keys), so the positions become contiguous.
+/// Only `seq`'s cells change: every other sequence of the context keeps its cells, and with
+/// flash attention off its logits bit for bit (tested: four sequences in one unified buffer).
+/// With llama.cpp's CPU flash attention, which accumulates V in fp16, a later token placed in a
+/// freed cell sums in another order: the other sequences' logits then move by rounding (up to
+/// 0.043 on the random-weight tiny model).
+///
+/// Validates before it changes anything: `positions` ascending and as long as `keep`; an error
+/// names the argument. Throws if llama.cpp refuses a removal (a recurrent memory that cannot
+/// remove a middle run); what was removed before it stays removed, as llama.cpp did it.
+/// O(n) plus llama.cpp's cost per call.
+inline Eviction evict(llama_memory_t mem, llama_seq_id seq, std::span<const std::int64_t> positions,
+                      std::span<const std::uint8_t> keep, PositionMode mode = PositionMode::keep) {
+  const index_t n = static_cast<index_t>(positions.size());
+  if (static_cast<index_t>(keep.size()) != n)
+    detail::fail("keep", detail::cat("one flag per cached token (", n, ")"), keep.size());
+  for (index_t i = 1; i < n; ++i)
+    if (positions[static_cast<std::size_t>(i)] <= positions[static_cast<std::size_t>(i - 1)])
+      detail::fail("positions", "ascending positions", "position ",
+                   positions[static_cast<std::size_t>(i)], " at ", i, " after ",
+                   positions[static_cast<std::size_t>(i - 1)]);
+  const auto at = [&](index_t i) { return positions[static_cast<std::size_t>(i)]; };
+  const auto kept = [&](index_t i) { return keep[static_cast<std::size_t>(i)] != 0; };
+  Eviction out;
+  for (index_t i = 0; i < n;) {  // evicted runs of consecutive positions → one seq_rm each
+    if (kept(i)) {
+      ++i;
+      continue;
+    }
+    index_t j = i + 1;
+    while (j < n && !kept(j) && at(j) == at(j - 1) + 1) ++j;
+    if (!llama_memory_seq_rm(mem, seq, static_cast<llama_pos>(at(i)),
+                             static_cast<llama_pos>(at(j - 1) + 1)))
+      detail::fail("seq_rm", "a memory that removes any range", "refused [", at(i), ", ",
+                   at(j - 1) + 1, ") of sequence ", seq);
+    out.evicted += j - i;
+    i = j;
+  }
+  std::int64_t removed = 0;
+  for (index_t i = 0; i < n; ++i) {
+    if (!kept(i)) {
+      ++removed;
+      continue;
+    }
+    index_t j = i;  // the run of kept tokens that starts here
+    while (j + 1 < n && kept(j + 1)) ++j;
+    const std::int64_t delta = mode == PositionMode::shift ? -removed : 0;
+    if (delta != 0)
+      llama_memory_seq_add(mem, seq, static_cast<llama_pos>(at(i)),
+                           static_cast<llama_pos>(at(j) + 1), static_cast<llama_pos>(delta));
+    for (index_t k = i; k <= j; ++k) out.positions.push_back(at(k) + delta);
+    i = j;
+  }
+  return out;
+}
+
+/// `evict` for a `Selection` of one set over the sequence's cached tokens in position order
+/// (`Granularity::layers` or `shared`: a cell holds every layer and head).
+inline Eviction evict(llama_context* ctx, llama_seq_id seq, std::span<const std::int64_t> positions,
+                      const Selection& sel, PositionMode mode = PositionMode::keep) {
+  sel.validate();
+  if (!sel.shared())
+    detail::fail("selection", "one set for every head (granularity layers or shared)",
+                 "a set per head");
+  if (sel.tokens() != static_cast<index_t>(positions.size()))
+    detail::fail("selection", detail::cat("a choice over the ", positions.size(), " cached tokens"),
+                 sel.tokens());
+  std::vector<std::uint8_t> keep(positions.size(), 0);
+  for (token_t t : sel.kept(0)) keep[static_cast<std::size_t>(t)] = 1;
+  return evict(llama_get_memory(ctx), seq, positions, keep, mode);
+}
+
 /// Time spent, in seconds.
 struct Timing {
   double kvevict = 0;  ///< scoring, choosing, bookkeeping
@@ -792,49 +874,13 @@ class Session {
 
   void apply_mask(std::span<const std::uint8_t> keep, PositionMode mode) {
     const auto t0 = clock::now();
-    llama_memory_t mem = llama_get_memory(ctx_);
     const index_t n = cached();
-    // evicted runs of consecutive positions → one seq_rm each
-    for (index_t i = 0; i < n;) {
-      if (keep[static_cast<std::size_t>(i)] != 0) {
-        ++i;
-        continue;
-      }
-      index_t j = i;
-      while (j < n && keep[static_cast<std::size_t>(j)] == 0 &&
-             (j == i || positions_[static_cast<std::size_t>(j)] ==
-                            positions_[static_cast<std::size_t>(j - 1)] + 1))
-        ++j;
-      llama_memory_seq_rm(mem, 0, static_cast<llama_pos>(positions_[static_cast<std::size_t>(i)]),
-                          static_cast<llama_pos>(positions_[static_cast<std::size_t>(j - 1)] + 1));
-      evicted_ += j - i;
-      i = j;
-    }
-    std::vector<std::int64_t> pos, orig;
-    std::int64_t removed = 0;
-    for (index_t i = 0; i < n; ++i) {
-      if (keep[static_cast<std::size_t>(i)] == 0) {
-        ++removed;
-        continue;
-      }
-      std::int64_t p = positions_[static_cast<std::size_t>(i)];
-      if (mode == PositionMode::shift && removed > 0) {
-        // shift the run of kept tokens that starts here left by everything removed before it
-        index_t j = i;
-        while (j + 1 < n && keep[static_cast<std::size_t>(j + 1)] != 0) ++j;
-        llama_memory_seq_add(mem, 0, static_cast<llama_pos>(p),
-                             static_cast<llama_pos>(positions_[static_cast<std::size_t>(j)] + 1),
-                             static_cast<llama_pos>(-removed));
-        for (index_t k = i; k <= j; ++k) {
-          pos.push_back(positions_[static_cast<std::size_t>(k)] - removed);
-          orig.push_back(original_[static_cast<std::size_t>(k)]);
-        }
-        i = j;
-        continue;
-      }
-      pos.push_back(p);
-      orig.push_back(original_[static_cast<std::size_t>(i)]);
-    }
+    Eviction done = evict(llama_get_memory(ctx_), 0, positions_, keep, mode);
+    evicted_ += done.evicted;
+    std::vector<std::int64_t> pos = std::move(done.positions), orig;
+    for (index_t i = 0; i < n; ++i)
+      if (keep[static_cast<std::size_t>(i)] != 0)
+        orig.push_back(original_[static_cast<std::size_t>(i)]);
     if (capture_.qkv && capture_.tokens() == n) {
       capture_.keep_only(keep);
       if (mode == PositionMode::shift) {
