@@ -517,6 +517,61 @@ TEST_F(Tiny, EvictingOneSequenceLeavesTheOthersBitIdentical) {
   EXPECT_EQ(llama_memory_seq_pos_max(llama_get_memory(seqs.ctx), 0), Sequences::lengths[0] - 1);
 }
 
+/// An engine's own eval callback: counts the FFN outputs it is handed.
+struct FfnCounter {
+  int seen = 0;
+  static bool callback(ggml_tensor* t, bool ask, void* user) {
+    const bool mine = std::string_view(t->name).rfind("ffn_out-", 0) == 0;
+    if (ask) return mine;
+    if (mine) ++static_cast<FfnCounter*>(user)->seen;
+    return true;
+  }
+};
+
+/// Decodes `n` tokens (0, 1, …) of sequence 0 in a context whose eval callback is `cb`.
+void decode_with(llama_model* model, ggml_backend_sched_eval_callback cb, void* user, int n) {
+  llama_context_params cp = llama_context_default_params();
+  cp.n_ctx = 512;
+  cp.n_threads = cp.n_threads_batch = 2;
+  cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+  cp.cb_eval = cb;
+  cp.cb_eval_user_data = user;
+  llama_context* ctx = llama_init_from_model(model, cp);
+  ASSERT_NE(ctx, nullptr);
+  llama_batch b = llama_batch_init(n, 0, 1);
+  for (int i = 0; i < n; ++i) {
+    b.token[i] = i + 1;
+    b.pos[i] = i;
+    b.n_seq_id[i] = 1;
+    b.seq_id[i][0] = 0;
+    b.logits[i] = i + 1 == n;
+  }
+  b.n_tokens = n;
+  EXPECT_EQ(llama_decode(ctx, b), 0);
+  llama_batch_free(b);
+  llama_free(ctx);
+}
+
+// The capture chains an engine's own eval callback: the engine's sees exactly what it sees alone,
+// and the capture still gets every layer's Q/K/V.
+TEST_F(Tiny, CaptureChainsTheEnginesEvalCallback) {
+  FfnCounter alone;
+  decode_with(model_, &FfnCounter::callback, &alone, 20);
+  const ModelShape shape = ModelShape::of(model_);
+  EXPECT_EQ(alone.seen, shape.layers);
+
+  FfnCounter chained;
+  Capture capture(shape);
+  capture.chain(&FfnCounter::callback, &chained);
+  decode_with(model_, &Capture::callback, &capture, 20);
+  EXPECT_EQ(chained.seen, alone.seen);
+  EXPECT_EQ(capture.tokens(), 20);
+  for (index_t l = 0; l < shape.layers; ++l) {
+    EXPECT_EQ(static_cast<index_t>(capture.keys(l).size()), 20 * shape.kv_heads * shape.head_dim);
+    EXPECT_EQ(static_cast<index_t>(capture.queries(l).size()), 20 * shape.heads * shape.head_dim);
+  }
+}
+
 #ifdef KVEVICT_TRAINED_MODEL
 /// A row of the passkey prompts' manifest (models/tiny/passkey.py): name, key, and the file of
 /// the prompt with the question inside.

@@ -138,7 +138,17 @@ class Capture {
 
   /// The `cb_eval` of a `llama_context_params` whose `cb_eval_user_data` is this capture.
   static bool callback(ggml_tensor* t, bool ask, void* user) {
-    return static_cast<Capture*>(user)->on_tensor(t, ask);
+    return static_cast<Capture*>(user)->dispatch(t, ask);
+  }
+
+  /// Chains the engine's own eval callback behind the capture, so that an engine which already
+  /// uses `cb_eval` (its own debugging, imatrix-like statistics) keeps it: asked about a tensor,
+  /// the pair wants it when either does; handed one, the capture reads it if it asked, then
+  /// `next` sees it if it asked, and `next`'s answer (false: stop the graph) is the pair's.
+  /// `next` null: the capture alone. The capture never changes a tensor.
+  void chain(ggml_backend_sched_eval_callback next, void* next_user) noexcept {
+    next_ = next;
+    next_user_ = next_user;
   }
 
  private:
@@ -168,6 +178,13 @@ class Capture {
       return Kind::cells;
     }
     return Kind::none;
+  }
+
+  bool dispatch(ggml_tensor* t, bool ask) {
+    if (next_ == nullptr) return on_tensor(t, ask);
+    if (ask) return on_tensor(t, true) || next_(t, true, next_user_);
+    on_tensor(t, false);  // reads only what it asked for
+    return next_(t, true, next_user_) ? next_(t, false, next_user_) : true;
   }
 
   bool on_tensor(ggml_tensor* t, bool ask) {
@@ -225,6 +242,8 @@ class Capture {
   std::vector<std::vector<float>> q_, k_, v_, probs_;
   std::vector<std::int64_t> cells_;
   index_t n_kv_ = 0;
+  ggml_backend_sched_eval_callback next_ = nullptr;
+  void* next_user_ = nullptr;
 };
 
 /// Each layer's output projection W_o as fp32 `[embd][heads · head_dim]` (PyTorch's
